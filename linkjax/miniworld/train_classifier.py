@@ -1,0 +1,239 @@
+"""Trains the miniworld's classifier: the project's Flax ResNet at reduced width on renders.
+
+Data are rendered on the fly inside the jitted training step (a fresh batch of class labels,
+theta and images each step), so there is no data set to store and no overfitting to a finite
+sample; held-out evaluation uses a disjoint PRNG stream. Images take the same path as generated
+images do later: float [0, 1] -> uint8 by truncation (`preprocess.to_uint8` of 2x - 1) ->
+`preprocess.classifier_input` with the config's resize/crop (None: the 64x64 image itself,
+ImageNet-normalised).
+
+BatchNorm: the ResNet port holds BatchNorm in inference mode. Training uses the same modules
+through `nnx.view(model, use_running_average=False)`: batch statistics in the forward pass,
+running averages (momentum 0.9) updated as a side effect and carried between steps; the saved
+model is the ordinary inference-mode ResNet with those running statistics. This is the standard
+recipe and needs no code in the model, unlike training with frozen statistics (mean 0, var 1),
+which would make BN a plain affine layer and a bottleneck ResNet without normalisation harder
+to optimise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from linkjax import checkpoint, preprocess
+from linkjax import miniworld as world
+from linkjax.models import resnet
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  """Classifier training hyper-parameters.
+
+  Attributes:
+    width: ResNet stem/stage-1 width (stage i has width * 2^i; bottleneck expands x4).
+    stage_sizes: bottleneck blocks per stage.
+    steps: optimiser steps.
+    batch_size: rendered images per step.
+    learning_rate: peak AdamW learning rate (linear warm-up, cosine decay to 0).
+    warmup_steps: warm-up length in steps.
+    weight_decay: AdamW decoupled weight decay.
+    eval_images: held-out renders for the final accuracy (balanced over classes).
+    log_every: steps between progress reports.
+  """
+  width: int = 16
+  stage_sizes: tuple[int, ...] = (1, 1, 1, 1)
+  steps: int = 300
+  batch_size: int = 64
+  learning_rate: float = 3e-3
+  warmup_steps: int = 50
+  weight_decay: float = 1e-4
+  eval_images: int = 2000
+  log_every: int = 50
+
+
+def model_config(config: TrainConfig) -> resnet.ResNetConfig:
+  """The ResNet architecture trained by `config`: 64x64 input, no resize or crop."""
+  return resnet.ResNetConfig(depth=50, width=config.width, num_classes=world.NUM_CLASSES,
+                             stage_sizes=tuple(config.stage_sizes), block="bottleneck",
+                             resize=None, crop=None)
+
+
+def images_to_uint8(images: jax.Array) -> jax.Array:
+  """Rendered images -> uint8 as generated images are quantised (`preprocess.to_uint8`).
+
+  Args:
+    images: [B, H, W, 3] float32 in [0, 1].
+  Returns:
+    [B, H, W, 3] uint8 (floor(255 x)).
+  """
+  x = jnp.transpose(images, (0, 3, 1, 2)) * jnp.float32(2.0) - jnp.float32(1.0)
+  return preprocess.to_uint8(x)
+
+
+def render_batch(key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """Renders a labelled batch with uniformly drawn classes.
+
+  Args:
+    key: PRNG key.
+    batch_size: number of images.
+  Returns:
+    images_uint8 [B, 64, 64, 3] and labels [B] int32.
+  """
+  k_class, k_theta = jax.random.split(key)
+  labels = jax.random.randint(k_class, (batch_size,), 0, world.NUM_CLASSES, jnp.int32)
+  images, _ = world.render(world.sample_theta(k_theta, labels))
+  return images_to_uint8(images), labels
+
+
+def _make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                     batch_size: int, resize: int | None, crop: int | None) -> Callable:
+  """A jitted step (params, stats, opt_state, key) -> (params, stats, opt_state, loss, acc)."""
+
+  @jax.jit
+  def step(params, stats, opt_state, key):
+    images, labels = render_batch(key, batch_size)
+    x = preprocess.classifier_input(images, resize=resize, crop=crop)
+
+    model = nnx.merge(graphdef, params, stats)
+
+    def loss_fn(model):
+      logits, _ = model(x)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+      return loss, acc
+
+    # nnx.value_and_grad differentiates the Params and lets BatchNorm update its running
+    # statistics on the model in place (a plain jax.grad would see them as foreign tracers).
+    (loss, acc), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    new_stats = nnx.state(model, nnx.BatchStat)
+    # optax's Adam bias correction computes float ** int32 step count, which strict dtype
+    # promotion (as in the tests) rejects; the optimiser's internals are not ours to retype.
+    with jax.numpy_dtype_promotion("standard"):
+      updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, new_stats, opt_state, loss, acc
+
+  return step
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "batch_size", "resize", "crop"))
+def _eval_batch(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, batch_size: int,
+                resize: int | None, crop: int | None) -> tuple[jax.Array, jax.Array]:
+  images, labels = render_batch(key, batch_size)
+  model = nnx.merge(graphdef, state)
+  logits, _ = model(preprocess.classifier_input(images, resize=resize, crop=crop))
+  return jnp.argmax(logits, -1).astype(jnp.int32), labels
+
+
+def evaluate(model: resnet.ResNet, key: jax.Array, num_images: int,
+             batch_size: int = 250) -> dict[str, Any]:
+  """Accuracy of an inference-mode classifier on fresh renders.
+
+  Args:
+    model: ResNet with `num_classes == NUM_CLASSES` (inference-mode BatchNorm).
+    key: PRNG key of the evaluation stream (disjoint from training's).
+    num_images: images to render (rounded up to whole batches).
+    batch_size: images per jitted call.
+  Returns:
+    {'accuracy': float, 'per_class': [NUM_CLASSES] floats, 'n': int}.
+  """
+  graphdef, state = nnx.split(model)
+  batch_size = min(batch_size, num_images)
+  preds, labels = [], []
+  for i in range(-(-num_images // batch_size)):
+    p, l = _eval_batch(graphdef, state, jax.random.fold_in(key, i), batch_size,
+                       model.config.resize, model.config.crop)
+    preds.append(np.asarray(p))
+    labels.append(np.asarray(l))
+  preds, labels = np.concatenate(preds), np.concatenate(labels)
+  correct = preds == labels
+  per_class = [float(correct[labels == c].mean()) if np.any(labels == c) else float("nan")
+               for c in range(world.NUM_CLASSES)]
+  return {"accuracy": float(correct.mean()), "per_class": per_class, "n": int(labels.shape[0])}
+
+
+def train(config: TrainConfig, *, key: jax.Array,
+          log_fn: Callable[[str], None] = print) -> tuple[resnet.ResNet, dict[str, Any]]:
+  """Trains the classifier on on-the-fly renders and evaluates it on held-out renders.
+
+  Args:
+    config: hyper-parameters.
+    key: PRNG key; fold_in 0 initialises, 1 draws training batches, 2 draws the held-out set.
+    log_fn: receives progress lines.
+  Returns:
+    (inference-mode ResNet, metrics) with metrics 'accuracy', 'per_class', 'train_seconds',
+    'final_train_loss', 'final_train_accuracy', 'steps', 'images_seen'.
+  """
+  mconf = model_config(config)
+  model = resnet.ResNet(mconf, rngs=nnx.Rngs(jax.random.fold_in(key, 0)))
+  train_view = nnx.view(model, use_running_average=False)
+  graphdef, params, stats = nnx.split(train_view, nnx.Param, nnx.BatchStat)
+  cosine = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                              max(config.steps, config.warmup_steps + 1))
+
+  def schedule(count: jax.Array) -> jax.Array:
+    # optax mixes the int32 step count with Python floats, which strict promotion rejects.
+    return cosine(count.astype(jnp.float32))
+
+  tx = optax.adamw(schedule, weight_decay=config.weight_decay)
+  opt_state = tx.init(params)
+  step_fn = _make_train_step(graphdef, tx, config.batch_size, mconf.resize, mconf.crop)
+  data_key = jax.random.fold_in(key, 1)
+
+  t0 = time.time()
+  loss = acc = jnp.float32(0.0)
+  run_loss, run_acc = 0.0, 0.0
+  for step in range(config.steps):
+    params, stats, opt_state, loss, acc = step_fn(params, stats, opt_state,
+                                                  jax.random.fold_in(data_key, step))
+    run_loss += float(loss)
+    run_acc += float(acc)
+    if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+      n = (step % config.log_every) + 1
+      log_fn(f"step {step + 1}/{config.steps}: loss {run_loss / n:.4f} "
+             f"train acc {run_acc / n:.3f} ({time.time() - t0:.1f} s)")
+      run_loss, run_acc = 0.0, 0.0
+  train_seconds = time.time() - t0
+
+  nnx.update(model, params, stats)  # the inference-mode model shares the trained state
+  metrics = evaluate(model, jax.random.fold_in(key, 2), config.eval_images)
+  metrics.update(train_seconds=train_seconds, final_train_loss=float(loss),
+                 final_train_accuracy=float(acc), steps=config.steps,
+                 images_seen=config.steps * config.batch_size)
+  log_fn(f"held-out accuracy {metrics['accuracy']:.4f} on {metrics['n']} renders; "
+         f"per class {[round(a, 3) for a in metrics['per_class']]}; "
+         f"training {train_seconds:.1f} s")
+  return model, metrics
+
+
+def train_and_save(config: TrainConfig, out_dir: str | pathlib.Path, *, seed: int,
+                   log_fn: Callable[[str], None] = print) -> dict[str, Any]:
+  """Trains (see `train`, key = jax.random.key(seed)), saves the model and metrics.
+
+  Args:
+    config: hyper-parameters.
+    out_dir: checkpoint directory (`linkjax.checkpoint.save`), plus `metrics.json` beside
+      `config.json` holding the metrics, the training config and the seed.
+    seed: PRNG seed.
+    log_fn: receives progress lines.
+  Returns:
+    the metrics dict.
+  """
+  model, metrics = train(config, key=jax.random.key(seed), log_fn=log_fn)
+  out_dir = pathlib.Path(out_dir)
+  checkpoint.save(out_dir, model)
+  record = dict(metrics, seed=seed, train_config=dataclasses.asdict(config))
+  (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+  log_fn(f"saved {out_dir}")
+  return metrics
