@@ -271,6 +271,18 @@ def fit_mlp(key: jax.Array, r: Any, w: Any, *, hidden: tuple[int, ...] = (1024,)
 
 # --- common API ---------------------------------------------------------------------------------
 
+def check_finite(r: Any, w: Any) -> None:
+  """Raises ValueError naming the rows of r [N, R] / w [N, D] that hold NaN or inf."""
+  for name, x in (("r", r), ("w", w)):
+    x = np.asarray(x)
+    if x.ndim != 2:
+      raise ValueError(f"{name} must be 2-D [N, dim], got shape {x.shape}")
+    bad = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
+    if bad.size:
+      raise ValueError(f"{name} has non-finite values (NaN or inf) in {bad.size} of {x.shape[0]} "
+                       f"rows, e.g. rows {bad[:5].tolist()}; fix or drop them before fitting")
+
+
 def fit(r: Any, w: Any, model: str = "ols", *, alpha: float = 1.0, key: jax.Array | None = None,
         **mlp_kwargs: Any) -> Params:
   """Fits a linking network r -> w.
@@ -285,7 +297,11 @@ def fit(r: Any, w: Any, model: str = "ols", *, alpha: float = 1.0, key: jax.Arra
 
   Returns:
     params pytree for `predict`.
+
+  Raises:
+    ValueError: for mismatched shapes or non-finite values in r or w (naming the bad rows).
   """
+  check_finite(r, w)
   if model == "ols":
     return fit_ols(r, w)
   if model == "ridge":

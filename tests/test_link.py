@@ -189,3 +189,16 @@ def test_mlp_no_retrace_for_new_data_or_lr():
   before = link._mlp_train._cache_size()
   link.fit_mlp(jax.random.key(1), r + np.float32(1.0), w, hidden=(8,), steps=3, lr=5e-3, batch=16)
   assert link._mlp_train._cache_size() == before
+
+
+def test_fit_rejects_non_finite_inputs_with_the_bad_rows():
+  rng = np.random.default_rng(0)
+  r = rng.normal(size=(20, 4)).astype(np.float32)
+  w = rng.normal(size=(20, 3)).astype(np.float32)
+  r[7, 2] = np.nan
+  with pytest.raises(ValueError, match=r"r has non-finite.*1 of 20 rows.*\[7\]"):
+    link.fit(r, w)
+  r[7, 2] = 0.0
+  w[3, 0] = np.inf
+  with pytest.raises(ValueError, match=r"w has non-finite.*\[3\]"):
+    link.fit(r, w, model="ridge")
