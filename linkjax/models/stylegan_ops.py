@@ -10,6 +10,7 @@ reference runs on CPU in float32.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -33,13 +34,7 @@ def parse_padding(padding: Padding) -> tuple[int, int, int, int]:
   return padding  # type: ignore[return-value]
 
 
-def _fir_valid(x: jax.Array, k: jax.Array, axes: tuple[int, ...], down: int) -> jax.Array:
-  """VALID cross-correlation of NHWC `x` with kernel `k` over `axes`, keeping every `down`-th output.
-
-  Written as a sum of shifted (strided) slices rather than a depthwise convolution: XLA's CPU
-  depthwise convolutions are ~100x slower here, and the slices fuse into one elementwise loop.
-  Only the kept outputs are computed.
-  """
+def _fir_valid_impl(x: jax.Array, k: jax.Array, axes: tuple[int, ...], down: int) -> jax.Array:
   sizes = [x.shape[a] for a in axes]
   n_out = [(n - t) // down + 1 for n, t in zip(sizes, k.shape)]
   k = k.astype(x.dtype)
@@ -51,6 +46,49 @@ def _fir_valid(x: jax.Array, k: jax.Array, axes: tuple[int, ...], down: int) -> 
     term = sl * k[idx]
     acc = term if acc is None else acc + term
   return acc
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _fir_valid(x: jax.Array, k: jax.Array, axes: tuple[int, ...], down: int) -> jax.Array:
+  """VALID cross-correlation of NHWC `x` with kernel `k` over `axes`, keeping every `down`-th output.
+
+  Written as a sum of shifted (strided) slices rather than a depthwise convolution: XLA's CPU
+  depthwise convolutions are ~100x slower here, and the slices fuse into one elementwise loop.
+  Only the kept outputs are computed. The VJP is explicit: autodiff of the slices produces one
+  padded full-size tensor per tap, which XLA's CPU backend runs ~50x slower than the forward;
+  the cotangent of x is the same kind of FIR (zero-inserted cotangent, full padding, flipped
+  kernel), as fast as the forward pass.
+  """
+  return _fir_valid_impl(x, k, axes, down)
+
+
+def _fir_valid_fwd(x, k, axes, down):
+  return _fir_valid_impl(x, k, axes, down), (x, k)
+
+
+def _fir_valid_bwd(axes, down, res, g):
+  x, k = res
+  pads = [(0, 0, 0)] * x.ndim
+  for a, t in zip(axes, k.shape):
+    n, n_out = x.shape[a], g.shape[a]
+    # Zero-insert the cotangent (stride `down`), then pad for a full convolution that yields
+    # exactly n outputs: dx[m] = sum_i g_up[m - i] k[i].
+    pads[a] = (t - 1, n - (n_out - 1) * down - 1, down - 1)
+  gp = lax.pad(g, jnp.zeros((), g.dtype), pads)
+  dx = _fir_valid_impl(gp, jnp.flip(k, axis=tuple(range(k.ndim))), axes, 1)
+  # dk[idx] = sum(slice_idx(x) * g); dead code (removed by XLA) unless k's gradient is used.
+  n_out = [g.shape[a] for a in axes]
+  dk = []
+  for idx in np.ndindex(*k.shape):
+    sl = x
+    for a, i, n in zip(axes, idx, n_out):
+      sl = lax.slice_in_dim(sl, i, i + down * (n - 1) + 1, stride=down, axis=a)
+    dk.append(jnp.sum(sl.astype(jnp.float32) * g.astype(jnp.float32)))
+  dk = jnp.stack(dk).reshape(k.shape).astype(k.dtype)
+  return dx.astype(x.dtype), dk
+
+
+_fir_valid.defvjp(_fir_valid_fwd, _fir_valid_bwd)
 
 
 def upfirdn2d(x: jax.Array, f: jax.Array | None, *, up: int = 1, down: int = 1,
@@ -200,9 +238,50 @@ def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array, *,
     scale_in = scale_in * jnp.asarray(input_gain, jnp.float32)
   x = x * scale_in.astype(dtype)[:, None, None, :]
   kernel = jnp.transpose(w, (2, 3, 1, 0)).astype(dtype)  # OIHW -> HWIO
-  y = lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding=((padding, padding), (padding, padding)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+  y = _conv2d(x, kernel, padding, precision)
   if demodulate:
     y = y * dcoefs.astype(dtype)[:, None, None, :]
   return y
+
+
+def _conv2d_impl(x: jax.Array, kernel: jax.Array, padding: int,
+                 precision: lax.Precision | None) -> jax.Array:
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding=((padding, padding), (padding, padding)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d(x: jax.Array, kernel: jax.Array, padding: int,
+            precision: lax.Precision | None) -> jax.Array:
+  """Stride-1 NHWC x HWIO convolution with symmetric zero padding and an explicit VJP.
+
+  XLA's CPU backend computes the kernel gradient of a convolution ~10x slower than the forward
+  pass; here it is kh * kw matrix products over shifted windows, and the input gradient is an
+  ordinary forward convolution with the flipped, transposed kernel.
+  """
+  return _conv2d_impl(x, kernel, padding, precision)
+
+
+def _conv2d_fwd(x, kernel, padding, precision):
+  return _conv2d_impl(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv2d_bwd(padding, precision, res, g):
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  h, w = x.shape[1], x.shape[2]
+  k_t = jnp.transpose(jnp.flip(kernel, axis=(0, 1)), (0, 1, 3, 2))
+  dxp = lax.conv_general_dilated(
+      g, k_t, window_strides=(1, 1), padding=((kh - 1, kh - 1), (kw - 1, kw - 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+  dx = dxp[:, padding:padding + h, padding:padding + w, :]
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  oh, ow = g.shape[1], g.shape[2]
+  dk = jnp.stack([jnp.stack([
+      jnp.einsum("bhwi,bhwo->io", xp[:, i:i + oh, j:j + ow, :], g, precision=precision)
+      for j in range(kw)]) for i in range(kh)])
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
