@@ -28,6 +28,9 @@ flags.DEFINE_integer("target_class", 151, "Target class (ImageNet index; 151 = C
 flags.DEFINE_integer("n_samples", 8, "Number of pairs of --orig_class to search from (the first ones).")
 flags.DEFINE_integer("max_steps", 2000, "Maximum gradient steps per pair.")
 flags.DEFINE_float("lr", 0.5, "Learning rate of the optimiser.")
+flags.DEFINE_float("init_scale", 1.0, "Initial shift ~ init_scale * U[0, 1) per unit, applied as "
+                   "r - shift (the reference uses 1.0; use less when r's units are much smaller "
+                   "than 1, or the start erases r).")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optax optimiser (sgd = the reference's plain "
                   "gradient descent).")
 flags.DEFINE_float("lambda_orig", 0.6, "Weight of the original-class logit in the loss.")
@@ -58,7 +61,7 @@ def main(argv):
       segmenter=FLAGS.segmenter, out=FLAGS.out, orig_class=FLAGS.orig_class,
       target_class=FLAGS.target_class, n_samples=FLAGS.n_samples, seed=FLAGS.seed,
       n_frames=FLAGS.n_frames, max_points=FLAGS.max_points, lpips=FLAGS.lpips,
-      search=counterfactual.SearchConfig(
+      init_scale=FLAGS.init_scale, search=counterfactual.SearchConfig(
           lambda_orig=FLAGS.lambda_orig, lambda_cos=FLAGS.lambda_cos, optimizer=FLAGS.optimizer,
           learning_rate=FLAGS.lr, max_steps=FLAGS.max_steps, check_every=FLAGS.check_every,
           check_mode=FLAGS.check_mode))

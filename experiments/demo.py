@@ -63,6 +63,9 @@ _CF_PAIRS = flags.DEFINE_integer("cf_pairs", None, "Counterfactual searches (sam
                                  f"source class; default {_D.cf_pairs}).")
 _CF_STEPS = flags.DEFINE_integer("cf_max_steps", None, "Maximum gradient steps per search "
                                  f"(default {_D.cf_max_steps}).")
+_CF_INIT = flags.DEFINE_float("cf_init_scale", None, "Initial counterfactual shift ~ "
+                              "cf_init_scale * U[0, 1) (default: 0.1 on the built-in world, "
+                              "whose r units are small; 1.0, the reference's, otherwise).")
 _QUALITY_IMAGES = flags.DEFINE_integer("quality_images", None, "Held-out generated images for "
                                        "the accuracy, mIoU and ground-truth checks (default "
                                        f"{_D.quality_images}).")
@@ -90,7 +93,8 @@ def main(argv):
            "cycle_n": _CYCLE_N.value, "sweep_units": _UNITS.value,
            "sweep_samples_per_class": _SWEEP_SPC.value, "sweep_steps": _SWEEP_STEPS.value,
            "sweep_chunk": _SWEEP_CHUNK.value, "cf_pairs": _CF_PAIRS.value,
-           "cf_max_steps": _CF_STEPS.value, "quality_images": _QUALITY_IMAGES.value,
+           "cf_max_steps": _CF_STEPS.value, "cf_init_scale": _CF_INIT.value,
+           "quality_images": _QUALITY_IMAGES.value,
            "check_quality": _CHECK.value}
   kw = {k: v for k, v in sizes.items() if v is not None}
   kw.update(generator=_GENERATOR.value, classifier=_CLASSIFIER.value, segmenter=_SEGMENTER.value,

@@ -972,6 +972,7 @@ class ExperimentConfig:
   n_frames: int = 8
   max_points: int = 200
   lpips: bool = True
+  init_scale: float = 1.0  # shift0 ~ init_scale * U[0, 1); the reference uses 1.0
   search: SearchConfig = SearchConfig()
 
 
@@ -1013,7 +1014,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
   n = r.shape[0]
   orig = jnp.full((n,), cfg.orig_class, jnp.int32)
   target = jnp.full((n,), cfg.target_class, jnp.int32)
-  shift0 = initial_shift(jax.random.key(cfg.seed), n, r.shape[1])
+  shift0 = jnp.float32(cfg.init_scale) * initial_shift(jax.random.key(cfg.seed), n, r.shape[1])
   t0 = time.perf_counter()
   res = jax.device_get(search(sfns, params, r, orig, target, shift0, config=cfg.search))
   t_search = time.perf_counter() - t0

@@ -107,6 +107,9 @@ class DemoConfig:
     cf_orig, cf_target: counterfactual classes (default: the first two of `classes`).
     cf_pairs: samples of cf_orig searched.
     cf_max_steps: maximum gradient steps per search.
+    cf_init_scale: initial shift ~ cf_init_scale * U[0, 1). None: 1.0 (the reference) on other
+      models, 0.1 on the built-in world, whose r units are small (mean ~0.37), so the reference's
+      U[0, 1) start would erase most of r before the first step.
     cf_check_every: steps per batched image check.
     cf_max_points: path points analysed per pair.
     quality_images: held-out samples of the world stage (accuracy on generated images, mIoU,
@@ -147,6 +150,7 @@ class DemoConfig:
   cf_pairs: int = 6
   cf_max_steps: int = 300
   cf_check_every: int = 10
+  cf_init_scale: float | None = None
   cf_max_points: int = 40
   quality_images: int = 200
   render_images: int = 1000
@@ -528,6 +532,8 @@ def _stage_counterfactual(run: _Run, d: pathlib.Path) -> dict[str, Any]:
       segmenter=run.paths["segmenter"], out=str(d), orig_class=int(orig),
       target_class=int(target), n_samples=cfg.cf_pairs, seed=cfg.seed, n_frames=6,
       max_points=cfg.cf_max_points, lpips=cfg.lpips,
+      init_scale=(cfg.cf_init_scale if cfg.cf_init_scale is not None
+                  else (0.1 if cfg.builtin else 1.0)),
       search=cf.SearchConfig(max_steps=cfg.cf_max_steps, check_every=cfg.cf_check_every))
   summary = cf.run_experiment(exp)
   steps = [p["steps"] for p in summary["pairs"] if p["success"]]
