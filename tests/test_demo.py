@@ -42,18 +42,6 @@ def test_metric_correlations_linear_noise_and_absent():
   np.testing.assert_array_equal(out["n"], [40, 40, 0])
 
 
-def test_fit_head_equals_scanned_training():
-  rng = np.random.default_rng(0)
-  feats = rng.normal(size=(3, 16, 16, 8)).astype(np.float32)
-  masks = rng.integers(0, 4, size=(3, 32, 32))
-  a, la = seg_lib.train_segmenter(jax.random.key(3), feats, masks, 4, epochs=3, step_epochs=2)
-  b, lb = train_segmenter.fit_head(jax.random.key(3), feats, masks, 4, epochs=3, step_epochs=2)
-  np.testing.assert_allclose(lb, la, rtol=1e-5)
-  for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
-    np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-5)
-  assert b.config.resolution == 16 and b.config.n_labels == 4
-
-
 def test_quality_checks_thresholds():
   results = {"world": {"classifier_accuracy_renders": 0.97, "classifier_accuracy_generated": 0.85,
                        "segmenter": {"miou": 0.61}},

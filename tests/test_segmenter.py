@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import optax
 from flax import nnx
 
 from linkjax import checkpoint
@@ -163,12 +164,12 @@ def test_training_learns_linearly_encoded_masks(tmp_path):
   assert acc > 0.95, acc
   assert model.config.feature_layers == ("input", "L1") and model.config.resolution == 16
 
-  # same shapes and hyper-parameters: the jitted loop is not retraced
-  n = seg._train_loop._cache_size()
+  # same shapes and hyper-parameters: the jitted step is not retraced
+  n = seg._train_step._cache_size()
   _, losses2 = seg.train_segmenter(jax.random.key(0), feats, masks, 3, epochs=12, lr=3e-3,
                                    step_epochs=10, feature_layers=("input", "L1"),
                                    label_names=("bg", "a", "b"))
-  assert seg._train_loop._cache_size() == n
+  assert seg._train_step._cache_size() == n
   np.testing.assert_allclose(losses2, losses, rtol=1e-5)  # same key, same run
 
   # checkpoint round trip
@@ -278,3 +279,39 @@ def test_end_to_end_with_converted_fixture(fixtures_dir, tmp_path):
   direct = np.argmax(np.asarray(loaded.head(jnp.asarray(feats))), -1)
   np.testing.assert_array_equal(pred, direct)
   assert (out_dir / "overlay.png").is_file()
+
+
+def test_training_loop_equals_a_scanned_reference():
+  """The Python-driven step loop equals one jitted scan over epochs and shuffled images."""
+  rng = np.random.default_rng(0)
+  feats = jnp.asarray(rng.normal(size=(3, 16, 16, 8)).astype(np.float32))
+  masks = rng.integers(0, 4, size=(3, 16, 16)).astype(np.int32)
+  key, epochs, step_epochs = jax.random.key(3), 3, 2
+  model, losses = seg.train_segmenter(key, feats, masks, 4, epochs=epochs, step_epochs=step_epochs)
+
+  init = seg.FewShotSegmenter(model.config, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
+  graphdef, params = nnx.split(init)
+  tx = seg.torch_adam(1e-3, 1e-3, 3 * step_epochs)
+  y_all = jnp.asarray(masks)
+
+  def loss_fn(p, x, y):
+    logits = nnx.merge(graphdef, p).head(x[None])[0]
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+  def step(carry, i):
+    p, s = carry
+    loss, g = jax.value_and_grad(loss_fn)(p, feats[i], y_all[i])
+    with jax.numpy_dtype_promotion("standard"):
+      u, s = tx.update(g, s, p)
+    return (optax.apply_updates(p, u), s), loss
+
+  def epoch(carry, e):
+    order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), e), 3)
+    carry, l = jax.lax.scan(step, carry, order)
+    return carry, jnp.mean(l)
+
+  (ref_params, _), ref_losses = jax.jit(
+      lambda p: jax.lax.scan(epoch, (p, tx.init(p)), jnp.arange(epochs)))(params)
+  np.testing.assert_allclose(losses, np.asarray(ref_losses), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

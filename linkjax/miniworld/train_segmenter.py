@@ -28,9 +28,7 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from linkjax import checkpoint
@@ -110,68 +108,6 @@ def iou_summary(pred: np.ndarray, true: np.ndarray, label_names: Any) -> dict[st
           "pixel_accuracy": float(np.mean(pred == true)), "n": int(pred.shape[0])}
 
 
-def _pixel_loss(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, y: jax.Array) -> jax.Array:
-  logits = nnx.merge(graphdef, params).head(x[None])[0]
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-
-
-def fit_head(key: jax.Array, features: np.ndarray, masks: np.ndarray, n_labels: int, *,
-             size: str = "S", epochs: int = 100, lr: float = 1e-3, weight_decay: float = 1e-3,
-             step_epochs: int = 50, feature_layers: tuple[str, ...] = (),
-             label_names: tuple[str, ...] = ()) -> tuple[seg_lib.FewShotSegmenter, np.ndarray]:
-  """`segmenter.train_segmenter` with the steps driven from Python instead of a scan.
-
-  Same initialisation (fold_in(key, 0)), shuffling (fold_in(fold_in(key, 1), epoch)),
-  optimiser (`segmenter.torch_adam`) and loss, hence the same result up to float rounding; but
-  each step is one call of a jitted function. On XLA:CPU the scanned loop of
-  `train_segmenter` runs the convolutions ~75x slower than the same step outside a loop
-  (measured: 5.8 s vs 0.076 s per 64x64x160 step), which made 25-image training take ~10 min
-  per 4 epochs on 2 cores.
-
-  Args:
-    key: PRNG key.
-    features: [N, R, R, C] float32 NHWC (`segmenter.extract_features`).
-    masks: [N, H, W] int labels (resized to R with the nearest rule).
-    n_labels: labels including background.
-    size, epochs, lr, weight_decay, step_epochs: as `segmenter.train_segmenter`.
-    feature_layers, label_names: stored in the config.
-  Returns:
-    (model, per-epoch mean loss [epochs] float32).
-  """
-  features = np.asarray(features, np.float32)
-  n, res, _, channels = features.shape
-  masks = seg_lib.resize_masks(np.asarray(masks), res)
-  if masks.min() < 0 or masks.max() >= n_labels:
-    raise ValueError(f"mask values {masks.min()}..{masks.max()} outside 0..{n_labels - 1}")
-  config = seg_lib.SegmenterConfig(in_channels=channels, n_labels=n_labels, size=size,
-                                   feature_layers=tuple(feature_layers), resolution=res,
-                                   label_names=tuple(label_names))
-  model = seg_lib.FewShotSegmenter(config, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
-  graphdef, params = nnx.split(model)
-  tx = seg_lib.torch_adam(lr, weight_decay, n * step_epochs)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, x, y):
-    loss, grads = jax.value_and_grad(_pixel_loss, argnums=1)(graphdef, params, x, y)
-    # optax's Adam bias correction mixes a float with the int32 step count (as in segmenter.py).
-    with jax.numpy_dtype_promotion("standard"):
-      updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  shuffle_key = jax.random.fold_in(key, 1)
-  feats_dev, masks_dev = jnp.asarray(features), jnp.asarray(masks)
-  losses = []
-  for e in range(epochs):
-    order = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, e), n))
-    epoch_losses = []
-    for i in order:
-      params, opt_state, loss = step(params, opt_state, feats_dev[i], masks_dev[i])
-      epoch_losses.append(loss)
-    losses.append(float(jnp.mean(jnp.stack(epoch_losses))))
-  return nnx.merge(graphdef, params), np.asarray(losses, np.float32)
-
-
 def train(generator: nnx.Module, config: SegmenterTrainConfig, *, key: jax.Array,
           log_fn: Callable[[str], None] = print) -> tuple[seg_lib.FewShotSegmenter, dict[str, Any]]:
   """Labels 5 x n_per_class generated images with the renderer's masks, trains and evaluates.
@@ -190,10 +126,10 @@ def train(generator: nnx.Module, config: SegmenterTrainConfig, *, key: jax.Array
          f"{config.resolution}px for {config.epochs} epochs")
   layers = seg_lib.reference_feature_layers(generator.layer_names)
   feats = seg_lib.extract_features(generator, ws, layers, config.resolution, batch_size=len(ws))
-  model, losses = fit_head(jax.random.fold_in(key, 1), feats, masks, len(world.PART_NAMES),
-                           size=config.size, epochs=config.epochs, lr=config.lr,
-                           weight_decay=config.weight_decay, step_epochs=config.step_epochs,
-                           feature_layers=layers, label_names=world.PART_NAMES)
+  model, losses = seg_lib.train_segmenter(
+      jax.random.fold_in(key, 1), feats, masks, len(world.PART_NAMES), size=config.size,
+      epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+      step_epochs=config.step_epochs, feature_layers=layers, label_names=world.PART_NAMES)
   train_s = time.time() - t0
   log_fn(f"trained in {train_s:.1f} s, final loss {float(losses[-1]):.4f}")
   metrics = evaluate(generator, model, jax.random.fold_in(key, 2), config.eval_images)

@@ -217,7 +217,7 @@ def train_segmenter(key: jax.Array, features: jax.Array | np.ndarray, masks: jax
 
   Every epoch visits the images in a new random order (key `fold_in(fold_in(key, 1), epoch)`),
   one image per Adam step, mean pixel cross-entropy; the learning rate is multiplied by 0.1 every
-  `step_epochs` epochs. The whole run is a single jitted scan.
+  `step_epochs` epochs. One jitted step per image, driven from Python.
 
   Args:
     key: PRNG key; `fold_in(key, 0)` initialises the head, `fold_in(key, 1)` shuffles.
@@ -250,9 +250,18 @@ def train_segmenter(key: jax.Array, features: jax.Array | np.ndarray, masks: jax
   model = FewShotSegmenter(config, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
   graphdef, params = nnx.split(model)
   hparams = (float(lr), float(weight_decay), n * step_epochs)
-  final_params, losses = _train_loop(graphdef, hparams, epochs, params,
-                                     jax.random.fold_in(key, 1), features, masks)
-  return nnx.merge(graphdef, final_params), np.asarray(losses)
+  opt_state = torch_adam(*hparams).init(params)
+  shuffle_key = jax.random.fold_in(key, 1)
+  losses = np.zeros(epochs, np.float32)
+  for e in range(epochs):
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, e), n))
+    step_losses = []
+    for i in order:
+      params, opt_state, loss = _train_step(graphdef, hparams, params, opt_state, features[i],
+                                            masks[i])
+      step_losses.append(loss)
+    losses[e] = np.mean(jax.device_get(step_losses))
+  return nnx.merge(graphdef, params), losses
 
 
 def _loss(graphdef, params, x, y):
@@ -260,28 +269,19 @@ def _loss(graphdef, params, x, y):
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _train_loop(graphdef, hparams, epochs, params, shuffle_key, features, masks):
-  n = features.shape[0]
+# One jitted step driven from Python rather than a scan over epochs and images: on XLA:CPU the
+# scanned loop ran the convolutions ~75x slower than the same step outside a loop (5.8 s vs
+# 0.076 s per 64x64x160 step), and the per-step dispatch costs nothing next to a step.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _train_step(graphdef, hparams, params, opt_state, x, y):
   lr, weight_decay, steps_per_decay = hparams
   tx = torch_adam(lr, weight_decay, steps_per_decay)
-
-  def step(carry, idx):
-    params, opt_state = carry
-    loss, grads = jax.value_and_grad(_loss, argnums=1)(graphdef, params, features[idx], masks[idx])
-    # optax's Adam bias correction computes float ** int32 count, which strict dtype promotion
-    # rejects; the mixing is intended there.
-    with jax.numpy_dtype_promotion("standard"):
-      updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  def epoch(carry, e):
-    order = jax.random.permutation(jax.random.fold_in(shuffle_key, e), n)
-    carry, losses = jax.lax.scan(step, carry, order)
-    return carry, jnp.mean(losses)
-
-  (params, _), losses = jax.lax.scan(epoch, (params, tx.init(params)), jnp.arange(epochs))
-  return params, losses
+  loss, grads = jax.value_and_grad(_loss, argnums=1)(graphdef, params, x, y)
+  # optax's Adam bias correction computes float ** int32 count, which strict dtype promotion
+  # rejects; the mixing is intended there.
+  with jax.numpy_dtype_promotion("standard"):
+    updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
 
 
 def predict_masks(model: FewShotSegmenter, feature_list: Sequence[jax.Array]) -> jax.Array:
