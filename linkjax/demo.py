@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from linkjax import rundir
+
 WEIGHTS = pathlib.Path(__file__).resolve().parent / "miniworld" / "weights"
 BUILTIN = {"generator": WEIGHTS / "generator", "classifier": WEIGHTS / "classifier",
            "segmenter": WEIGHTS / "segmenter"}
@@ -872,20 +874,15 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike, *, overwrite: bool = F
   out.mkdir(parents=True, exist_ok=True)
   record = _config_record(cfg)
   cfg_path = out / CONFIG_FILE
-  if cfg_path.exists():
-    old = json.loads(cfg_path.read_text())
-    if old != record:
-      if not overwrite:
-        diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-        raise ValueError(f"{out} holds a demo run with other settings ({diff}); use another "
-                         "directory or overwrite=True")
-      log(f"overwriting the previous run in {out}")
-      for name in (*STAGES, "report.html", "summary.json"):
-        p = out / name
-        if p.is_dir():
-          shutil.rmtree(p)
-        elif p.exists():
-          p.unlink()
+  if rundir.must_overwrite(cfg_path, record, overwrite=overwrite, what="a demo run",
+                           differ="other settings"):
+    log(f"overwriting the previous run in {out}")
+    for name in (*STAGES, "report.html", "summary.json"):
+      p = out / name
+      if p.is_dir():
+        shutil.rmtree(p)
+      elif p.exists():
+        p.unlink()
   _write_json(cfg_path, record)
   run = _Run(cfg, out, log)
   t0, c0 = time.time(), _cpu_seconds()

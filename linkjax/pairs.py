@@ -63,6 +63,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from linkjax import rundir
+
 PAIR_KEYS = ("w", "r", "class_idx", "z", "logits", "draw_idx")
 KEEP_MODES = ("correct", "all")
 RUN_FILE = "run.json"
@@ -314,17 +316,8 @@ def _prepare_dir(out_dir: pathlib.Path, run: dict[str, Any], overwrite: bool,
                  writer: _Writer) -> None:
   run_file = out_dir / RUN_FILE
   if run_file.exists():
-    try:
-      old = json.loads(run_file.read_text())
-    except json.JSONDecodeError:
-      old = None
-    if old != run:
-      if not overwrite:
-        diff = ({k: (old.get(k), run.get(k)) for k in sorted(set(old) | set(run))
-                 if old.get(k) != run.get(k)} if isinstance(old, dict) else "unreadable run.json")
-        raise PairsError(
-            f"{out_dir} holds a pair run with other arguments (old, new): {diff}. Use another "
-            "output directory, or overwrite=True (--overwrite) to delete it and start again.")
+    if rundir.must_overwrite(run_file, run, overwrite=overwrite, what="a pair run",
+                             error=PairsError):
       logging.warning("overwriting the previous pair run in %s", out_dir)
       _clear(out_dir)
   elif out_dir.exists() and any(

@@ -65,6 +65,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from linkjax import quantify
+from linkjax import rundir
 
 RUN_FILE = "run.json"
 SWEEP_FILE = "sweep.npz"
@@ -399,17 +400,11 @@ def _hash(*arrays: np.ndarray) -> str:
 
 def _prepare_dir(out_dir: pathlib.Path, run: dict[str, Any], overwrite: bool) -> None:
   path = out_dir / RUN_FILE
-  if path.exists():
-    old = json.loads(path.read_text())
-    if old != run:
-      if not overwrite:
-        diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
-        raise SweepError(f"{out_dir} holds a sweep with other arguments (differing: {diff}); "
-                         "use another directory or overwrite=True")
-      for name in (SHARD_DIR, STRIP_DIR):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-      for name in (SWEEP_FILE, RUN_FILE):
-        (out_dir / name).unlink(missing_ok=True)
+  if rundir.must_overwrite(path, run, overwrite=overwrite, what="a sweep", error=SweepError):
+    for name in (SHARD_DIR, STRIP_DIR):
+      shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in (SWEEP_FILE, RUN_FILE):
+      (out_dir / name).unlink(missing_ok=True)
   (out_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
   for p in list(out_dir.glob(".*.tmp*")) + list((out_dir / SHARD_DIR).glob(".*.tmp*")):
     p.unlink(missing_ok=True)  # leftovers of a killed run
