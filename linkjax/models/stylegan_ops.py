@@ -91,6 +91,45 @@ def _fir_valid_bwd(axes, down, res, g):
 _fir_valid.defvjp(_fir_valid_fwd, _fir_valid_bwd)
 
 
+def _upsample_fir_1d(x: jax.Array, k: jax.Array, axis: int, up: int, pad0: int,
+                     pad1: int) -> jax.Array:
+  """Zero insertion by `up`, pad (pad0, pad1), VALID correlation with `k`, along one axis.
+
+  Polyphase form: output phase r (outputs n = up * q + r) only ever meets the taps
+  k[t0_r::up] applied to the *original* samples, so each phase is a short VALID correlation of
+  x and the phases are interleaved. It computes exactly what `_fir_valid` computes on the
+  zero-inserted signal, without the (up - 1) / up of the multiplications that hit zeros.
+
+  Args:
+    x: array with the signal along `axis` (length N).
+    k: [T] taps, T >= up (already flipped for a convolution).
+    axis: the filtered axis.
+    up: upsampling factor.
+    pad0, pad1: padding of the zero-inserted signal (length N * up); negative crops.
+  Returns:
+    x filtered along `axis`, length L = N * up + pad0 + pad1 - T + 1.
+  """
+  n, taps = x.shape[axis], k.shape[0]
+  length = n * up + pad0 + pad1 - taps + 1
+  q_max = -(-length // up)
+  phases = []
+  for r in range(up):
+    t0 = (pad0 - r) % up
+    k_r = k[t0::up]
+    c_r = (r + t0 - pad0) // up  # x index met by tap k_r[0] at q = 0
+    pads = [(0, 0, 0)] * x.ndim
+    # Shift so that x[c_r] sits at index 0 and make the VALID output exactly q_max long;
+    # phases with fewer outputs get trailing values that the final crop removes.
+    pads[axis] = (-c_r, q_max + k_r.shape[0] - 1 - n + c_r, 0)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), pads)
+    phases.append(_fir_valid(xp, k_r, (axis,), 1))
+  y = jnp.stack(phases, axis=axis + 1)  # [..., q_max, up, ...]
+  shape = list(x.shape)
+  shape[axis] = q_max * up
+  y = y.reshape(shape)
+  return lax.slice_in_dim(y, 0, length, axis=axis)
+
+
 def upfirdn2d(x: jax.Array, f: jax.Array | None, *, up: int = 1, down: int = 1,
               padding: Padding = 0, flip_filter: bool = False, gain: float = 1.0) -> jax.Array:
   """Upsample (zero insertion), pad/crop, FIR filter, downsample, as the reference upfirdn2d.
@@ -107,6 +146,13 @@ def upfirdn2d(x: jax.Array, f: jax.Array | None, *, up: int = 1, down: int = 1,
     [B, H', W', C] with H' = (H * up + y0 + y1 - fh + 1 + down - 1) // down (same for W).
   """
   px0, px1, py0, py1 = parse_padding(padding)
+  if f is not None and np.ndim(f) == 1 and up > 1 and down == 1 and np.shape(f)[0] >= up:
+    f = jnp.asarray(f, jnp.float32) * jnp.float32(gain ** 0.5)
+    if not flip_filter:
+      f = jnp.flip(f)
+    f = f.astype(x.dtype)
+    x = _upsample_fir_1d(x, f, 2, up, px0, px1)  # along x (width) first, as the reference
+    return _upsample_fir_1d(x, f, 1, up, py0, py1)
   # Zero insertion and pad/crop in one lax.pad: interior padding inserts up-1 zeros between
   # pixels, the extra up-1 on the high side gives the trailing zeros of the reference.
   zero = jnp.zeros((), x.dtype)
@@ -276,12 +322,30 @@ def _conv2d_bwd(padding, precision, res, g):
       g, k_t, window_strides=(1, 1), padding=((kh - 1, kh - 1), (kw - 1, kw - 1)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
   dx = dxp[:, padding:padding + h, padding:padding + w, :]
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  oh, ow = g.shape[1], g.shape[2]
-  dk = jnp.stack([jnp.stack([
-      jnp.einsum("bhwi,bhwo->io", xp[:, i:i + oh, j:j + ow, :], g, precision=precision)
-      for j in range(kw)]) for i in range(kh)])
+  dk = _conv2d_kernel_grad(jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))),
+                           g, kh, kw, precision)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+def _conv2d_kernel_grad(xp: jax.Array, g: jax.Array, kh: int, kw: int,
+                        precision: lax.Precision | None) -> jax.Array:
+  """dk[i, j] = sum_{b,h,w} xp[b, h + i, w + j, :]^T g[b, h, w, :] -> [kh, kw, I, O].
+
+  Rows are flattened with the padded width Wp and g is zero-padded to that width, so every
+  tap's window is one contiguous run of the flattened rows (offset i * Wp + j) instead of a 2-D
+  strided slice; XLA's CPU backend runs the resulting matrix products ~2x faster.
+  """
+  b, hp, wp, c = xp.shape
+  oh, ow, o = g.shape[1], g.shape[2], g.shape[3]
+  xf = jnp.pad(xp.reshape(b, hp * wp, c), ((0, 0), (0, kw - 1), (0, 0)))
+  gf = jnp.pad(g, ((0, 0), (0, 0), (0, wp - ow), (0, 0))).reshape(b * oh * wp, o)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      off = i * wp + j
+      a = lax.slice_in_dim(xf, off, off + oh * wp, axis=1).reshape(b * oh * wp, c)
+      taps.append(lax.dot_general(a, gf, (((0,), (0,)), ((), ())), precision=precision))
+  return jnp.stack(taps).reshape(kh, kw, c, o)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
