@@ -28,6 +28,10 @@ _WD = flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW weight d
 _EVAL = flags.DEFINE_integer("eval_images", _DEFAULTS.eval_images,
                              "Held-out renders for the final accuracy.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", _DEFAULTS.log_every, "Steps between log lines.")
+_BLUR = flags.DEFINE_float("blur_sigma_max", _DEFAULTS.blur_sigma_max,
+                           "Training renders get a Gaussian blur of sigma ~ U(0, this) pixels.")
+_NOISE = flags.DEFINE_float("noise_std", _DEFAULTS.noise_std,
+                            "Std of Gaussian pixel noise added to training renders.")
 
 
 def main(argv):
@@ -35,7 +39,8 @@ def main(argv):
   config = train_classifier.TrainConfig(
       width=_WIDTH.value, stage_sizes=tuple(int(s) for s in _STAGES.value), steps=_STEPS.value,
       batch_size=_BATCH.value, learning_rate=_LR.value, warmup_steps=_WARMUP.value,
-      weight_decay=_WD.value, eval_images=_EVAL.value, log_every=_LOG_EVERY.value)
+      weight_decay=_WD.value, eval_images=_EVAL.value, log_every=_LOG_EVERY.value,
+      blur_sigma_max=_BLUR.value, noise_std=_NOISE.value)
   logging.info("out=%s seed=%d config=%s", _OUT.value, _SEED.value, config)
   train_classifier.train_and_save(config, _OUT.value, seed=_SEED.value, log_fn=logging.info)
 

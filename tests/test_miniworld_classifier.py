@@ -23,9 +23,27 @@ def test_render_batch_labels_match_class_conditional_renders():
   assert images.shape == (6, 64, 64, 3) and images.dtype == jnp.uint8
   assert labels.dtype == jnp.int32 and int(labels.min()) >= 0 and int(labels.max()) < 5
   # Same key split as render_batch: the images are exactly the renders of those labels.
-  _, k_theta = jax.random.split(jax.random.key(1))
+  _, k_theta, _ = jax.random.split(jax.random.key(1), 3)
   ref, _ = miniworld.render(miniworld.sample_theta(k_theta, labels))
   np.testing.assert_array_equal(np.asarray(images), np.asarray(tc.images_to_uint8(ref)))
+
+
+def test_augment_blur_matches_scipy_gaussian_filter():
+  import scipy.ndimage  # noqa: PLC0415
+
+  images, _ = miniworld.render(miniworld.sample_theta(jax.random.key(2), jnp.arange(3) % 5))
+  key = jax.random.key(3)
+  got = np.asarray(tc.augment(key, images, 1.5, 0.0))
+  # The per-image sigma is the first draw of the same key split as `augment`.
+  sigma = np.asarray(jax.random.uniform(jax.random.split(key)[0], (3,), jnp.float32, 1e-3, 1.5))
+  for i in range(3):
+    ref = scipy.ndimage.gaussian_filter(np.asarray(images[i], np.float64), (sigma[i], sigma[i], 0),
+                                        mode="nearest", truncate=3.0 / sigma[i])
+    np.testing.assert_allclose(got[i], ref, rtol=0, atol=1e-5)
+  assert np.abs(got - np.asarray(images)).max() > 0.05  # it did blur
+  noisy = np.asarray(tc.augment(key, images, 0.0, 0.1)) - np.asarray(images)
+  inside = (np.asarray(images) > 0.4) & (np.asarray(images) < 0.6)  # away from the clip
+  assert 0.08 < noisy[inside].std() < 0.12
 
 
 def test_train_updates_batch_stats_and_saves(tmp_path):
