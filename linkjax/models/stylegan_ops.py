@@ -146,13 +146,14 @@ def upfirdn2d(x: jax.Array, f: jax.Array | None, *, up: int = 1, down: int = 1,
     [B, H', W', C] with H' = (H * up + y0 + y1 - fh + 1 + down - 1) // down (same for W).
   """
   px0, px1, py0, py1 = parse_padding(padding)
-  if f is not None and np.ndim(f) == 1 and up > 1 and down == 1 and np.shape(f)[0] >= up:
-    f = jnp.asarray(f, jnp.float32) * jnp.float32(gain ** 0.5)
+  if f is not None:
+    f = jnp.asarray(f, jnp.float32) * jnp.float32(gain ** (np.ndim(f) / 2))
     if not flip_filter:
-      f = jnp.flip(f)
-    f = f.astype(x.dtype)
-    x = _upsample_fir_1d(x, f, 2, up, px0, px1)  # along x (width) first, as the reference
-    return _upsample_fir_1d(x, f, 1, up, py0, py1)
+      f = jnp.flip(f, axis=tuple(range(f.ndim)))
+    if f.ndim == 1 and up > 1 and down == 1 and f.shape[0] >= up:
+      # Polyphase: the same outputs without multiplying the inserted zeros.
+      x = _upsample_fir_1d(x, f, 2, up, px0, px1)  # along x (width) first, as the reference
+      return _upsample_fir_1d(x, f, 1, up, py0, py1)
   # Zero insertion and pad/crop in one lax.pad: interior padding inserts up-1 zeros between
   # pixels, the extra up-1 on the high side gives the trailing zeros of the reference.
   zero = jnp.zeros((), x.dtype)
@@ -163,9 +164,6 @@ def upfirdn2d(x: jax.Array, f: jax.Array | None, *, up: int = 1, down: int = 1,
     if gain != 1:
       x = x * jnp.asarray(gain, x.dtype)
     return x[:, ::down, ::down, :]
-  f = jnp.asarray(f, jnp.float32) * jnp.float32(gain ** (f.ndim / 2))
-  if not flip_filter:
-    f = jnp.flip(f, axis=tuple(range(f.ndim)))
   if f.ndim == 1:
     x = _fir_valid(x, f, (2,), down)  # along x (width) first, as the reference
     x = _fir_valid(x, f, (1,), down)  # then along y
