@@ -46,26 +46,26 @@ PARAMS = (
     ("body_len", 8.0, 15.0),       # body semi-axis along the spine
     ("body_h", 4.0, 8.5),          # body semi-axis across
     ("leg_len", 4.0, 12.0),        # how far the legs reach below the body's lower edge
-    ("leg_w", 0.9, 2.4),           # leg radius
+    ("leg_w", 1.4, 2.8),           # leg radius
     ("leg_spread", 0.45, 0.8),     # leg positions as a fraction of body_len from the centre
-    ("leg_splay", -15.0, 15.0),    # front legs lean forward, hind legs back, degrees
+    ("leg_splay", -10.0, 10.0),    # front legs lean forward, hind legs back, degrees
     ("tail_len", 4.0, 13.0),
-    ("tail_w", 0.8, 2.6),          # tail radius
-    ("tail_angle", -45.0, 75.0),   # 0: straight back, positive: raised
-    ("tail_curl", -50.0, 50.0),    # bend of the tail's second half, degrees
+    ("tail_w", 1.4, 3.0),          # tail radius
+    ("tail_angle", -30.0, 60.0),   # 0: straight back, positive: raised
+    ("tail_curl", -30.0, 30.0),    # bend of the tail's second half, degrees
     ("head_r", 4.5, 8.0),          # head semi-axis, x
     ("head_aspect", 0.8, 1.2),     # head semi-axis y / x
     ("head_lift", 0.0, 1.0),       # how high the head sits above the shoulder (head radii)
     ("ear_len", 2.5, 8.0),
-    ("ear_w", 1.2, 3.2),           # ear semi-axis across
+    ("ear_w", 1.8, 3.6),           # ear semi-axis across
     ("ear_angle", -25.0, 140.0),   # 0: upright, 90: pointing back, >90: hanging
     ("snout_len", 2.0, 6.0),       # snout semi-axis along
-    ("snout_h", 1.6, 3.4),         # snout semi-axis across
+    ("snout_h", 2.0, 3.6),         # snout semi-axis across
     ("snout_drop", -0.3, 0.5),     # vertical offset of the snout, head radii (down)
-    ("nose_r", 1.5, 2.6),
-    ("eye_r", 1.6, 2.6),
+    ("nose_r", 2.0, 3.0),
+    ("eye_r", 2.0, 3.0),
     ("tongue_len", 2.0, 4.5),
-    ("tongue_w", 1.1, 1.8),        # tongue radius
+    ("tongue_w", 1.4, 2.2),        # tongue radius
     ("body_hue", -0.05, 0.65),
     ("body_sat", 0.05, 0.9),
     ("body_val", 0.25, 0.95),
@@ -110,27 +110,28 @@ _CLASS_MEANS = (
          sec_hue=0.05, sec_sat=0.7, sec_val=0.25, pattern_amp=0.75, pattern_spots=0.15,
          leg_mix=0.6, ear_mix=0.6, head_mix=0.2, snout_light=0.2, tongue_len=2.5),
     # dune lurcher: long, lean, long-legged, plain sandy, long snout, ears folded back, tail down.
-    dict(body_len=13.5, body_h=4.6, leg_len=10.5, leg_w=1.1, tail_len=11.0, tail_w=1.0,
-         tail_angle=-25.0, head_r=5.0, head_aspect=0.85, snout_len=5.3, snout_h=2.0,
+    dict(body_len=13.5, body_h=4.6, leg_len=10.5, leg_w=1.6, tail_len=11.0, tail_w=1.6,
+         tail_angle=-20.0, head_r=5.0, head_aspect=0.85, snout_len=5.3, snout_h=2.0,
          ear_len=4.5, ear_angle=95.0, body_hue=0.11, body_sat=0.35, body_val=0.8,
          sec_hue=0.08, sec_sat=0.45, sec_val=0.6, pattern_amp=0.1, leg_mix=0.3, ear_mix=0.5,
          snout_light=0.3, tongue_len=3.0),
-    # dotted bruiser: stocky, white with dark spots, big round head, short snout, floppy ears.
-    dict(body_len=11.0, body_h=7.5, leg_len=5.5, leg_w=2.0, tail_len=5.5, tail_w=1.4,
+    # dotted bruiser: stocky, white with big dark spots, dark legs and tail, big round head, short
+    # snout, floppy ears.
+    dict(body_len=11.0, body_h=7.5, leg_len=5.5, leg_w=2.4, tail_len=5.5, tail_w=2.0,
          head_r=7.0, head_aspect=1.05, snout_len=2.8, snout_h=2.8, ear_angle=125.0,
-         ear_len=5.5, ear_w=2.6, body_hue=0.1, body_sat=0.12, body_val=0.88, sec_hue=0.05,
-         sec_sat=0.3, sec_val=0.15, pattern_amp=0.8, pattern_spots=0.85, pattern_freq=0.45,
-         leg_mix=0.2, ear_mix=0.85, head_mix=0.15, snout_light=0.5, tongue_len=3.5),
+         ear_len=5.5, ear_w=3.0, body_hue=0.1, body_sat=0.12, body_val=0.88, sec_hue=0.05,
+         sec_sat=0.3, sec_val=0.15, pattern_amp=0.9, pattern_spots=0.85, pattern_freq=0.33,
+         leg_mix=0.8, tail_mix=0.8, ear_mix=0.85, head_mix=0.15, snout_light=0.5, tongue_len=3.5),
     # slate mastiff: big, grey-blue, large head and hanging ears, big tongue, strong shading.
-    dict(body_len=13.0, body_h=7.5, leg_len=7.5, leg_w=2.1, tail_len=7.0, tail_angle=5.0,
-         head_r=7.2, head_aspect=1.1, head_lift=0.3, ear_len=6.5, ear_w=2.5, ear_angle=115.0,
-         snout_len=4.0, snout_h=3.0, snout_drop=0.3, tongue_len=3.5, tongue_w=1.35,
+    dict(body_len=13.0, body_h=7.5, leg_len=7.5, leg_w=2.5, tail_len=7.0, tail_angle=5.0,
+         head_r=7.2, head_aspect=1.1, head_lift=0.3, ear_len=6.5, ear_w=3.0, ear_angle=115.0,
+         snout_len=4.0, snout_h=3.0, snout_drop=0.3, tongue_len=3.5, tongue_w=1.8,
          body_hue=0.58, body_sat=0.2, body_val=0.5, sec_hue=0.6, sec_sat=0.2, sec_val=0.3,
          pattern_amp=0.25, pattern_spots=0.5, shade_amp=0.33, leg_mix=0.4, ear_mix=0.7,
          head_mix=0.3, snout_light=0.15),
     # ember foxhound: orange, bushy raised tail, tall pointed ears, cream snout.
-    dict(body_len=11.5, body_h=5.8, leg_len=8.0, tail_len=11.5, tail_w=2.2, tail_angle=25.0,
-         tail_curl=25.0, head_r=5.8, ear_len=7.0, ear_w=2.2, ear_angle=10.0, snout_len=4.2,
+    dict(body_len=11.5, body_h=5.8, leg_len=8.0, tail_len=11.5, tail_w=2.6, tail_angle=25.0,
+         tail_curl=20.0, head_r=5.8, ear_len=7.0, ear_w=2.6, ear_angle=10.0, snout_len=4.2,
          snout_light=0.75, body_hue=0.05, body_sat=0.85, body_val=0.85, sec_hue=0.02,
          sec_sat=0.6, sec_val=0.35, pattern_amp=0.35, pattern_spots=0.3, leg_mix=0.8,
          tail_mix=0.3, ear_mix=0.7, head_mix=0.05),

@@ -60,7 +60,7 @@ from linkjax.models import stylegan_xl as sx
 
 # Per-label loss weights, labels in PART_NAMES order:
 # background, leg, body, tail, tongue, eye, nose, snout, ear, head.
-PART_LOSS_WEIGHTS = (1.0, 2.0, 2.0, 2.0, 6.0, 6.0, 6.0, 3.0, 3.0, 2.0)
+PART_LOSS_WEIGHTS = (1.0, 3.0, 2.0, 4.0, 6.0, 6.0, 6.0, 3.0, 4.0, 2.0)
 TRAIN_STATE_KIND = "miniworld_generator_train_state"
 
 
