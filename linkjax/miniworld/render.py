@@ -16,8 +16,8 @@ the painter's order; the image uses the same test with a one-pixel anti-aliased 
 All parts have flat colours except the body (stripes or spots in the secondary colour, plus
 vertical shading) and the background (a colour times a linear gradient). The world is kept
 free of fine detail the 64x64 generator would have to reproduce exactly: patterns are coarse
-(periods of 10-21 pixels), the eye, nose and tongue are at least 2-3 pixels across, and the
-background has no texture.
+(periods of 10-21 pixels), the eye and nose are 4-6 pixels across, legs, tails and tongues at
+least 2 pixels wide, and the background has no texture.
 """
 
 from __future__ import annotations
