@@ -153,6 +153,15 @@ def save_tree(path: str | pathlib.Path, tree: Any, meta: dict[str, Any], kind: s
   _write(pathlib.Path(path), {"kind": kind, "format": FORMAT_VERSION, "meta": meta}, tree)
 
 
+def read_tree_meta(path: str | pathlib.Path, kind: str) -> dict[str, Any]:
+  """The `meta` a `save_tree` checkpoint was written with, without restoring its arrays."""
+  path = pathlib.Path(path).absolute()
+  meta = _read_meta(path)
+  if meta["kind"] != kind:
+    raise CheckpointError(f"{path} holds a {meta['kind']!r} checkpoint, expected {kind!r}")
+  return meta["meta"]
+
+
 def load_tree(path: str | pathlib.Path, kind: str) -> tuple[Any, dict[str, Any]]:
   """Restores a pytree saved by `save_tree`; returns (tree, meta). Arrays come back as numpy."""
   path = pathlib.Path(path).absolute()

@@ -1,5 +1,6 @@
 """The shipped miniworld generator reproduces the renderer; training runs; the fast VJPs are exact."""
 
+import json
 import pathlib
 
 import jax
@@ -124,3 +125,28 @@ def test_conv2d_vjp_matches_autodiff_of_xla_conv(k, pad):
   b = jax.grad(lambda x, w: jnp.sum(ops._conv2d_impl(x, w, pad, hi) * g), (0, 1))(x, w)
   np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), atol=1e-4)
   np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), atol=1e-4)
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted_and_sums_wall_time(tmp_path):
+  cfg = tg.generator_config(w_dim=16, embed_dim=8, channel_base=128, channel_max=8,
+                            stem_layers=4, head_layers=4)
+  kw = dict(steps=3, batch=4, lr=3e-3, warmup=0, config=cfg, ckpt_every=1, eval_every=1000,
+            log=lambda _: None)
+  key = jax.random.key(5)
+  tg.train_generator(key, work_dir=tmp_path / "straight", **kw)
+  # time_limit_s=0: stops after the first step, with a checkpoint.
+  tg.train_generator(key, work_dir=tmp_path / "split", time_limit_s=0.0, **kw)
+  first = checkpoint.read_tree_meta(tmp_path / "split" / "train_state", tg.TRAIN_STATE_KIND)
+  assert first["step"] == 1 and first["elapsed_s"] > 0
+  metrics = tg.train_and_save(key, tmp_path / "out", work_dir=tmp_path / "split", resume=True,
+                              **kw)
+  a, meta_a = checkpoint.load_tree(tmp_path / "straight" / "train_state", tg.TRAIN_STATE_KIND)
+  b, meta_b = checkpoint.load_tree(tmp_path / "split" / "train_state", tg.TRAIN_STATE_KIND)
+  assert meta_a["step"] == meta_b["step"] == 3
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  # The total covers both invocations; this invocation's time alone is shorter than it.
+  assert metrics["train_wall_s_total"] == pytest.approx(meta_b["elapsed_s"])
+  assert first["elapsed_s"] < metrics["train_wall_s_total"]
+  assert metrics["train_wall_s_total"] - first["elapsed_s"] <= metrics["train_wall_s"]
+  saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+  assert saved["train_wall_s_total"] == pytest.approx(meta_b["elapsed_s"])

@@ -356,6 +356,7 @@ def train_generator(key: jax.Array, *, steps: int, batch: int, lr: float,
   Returns:
     The trained StyleGANXL (with w_avg set); if work_dir is given, the best held-out model.
   """
+  t_start = time.time()
   config = config if config is not None else generator_config()
   k_init, k_data, k_wavg, k_eval = (jax.random.fold_in(key, i) for i in range(4))
   model = sx.StyleGANXL(config, rngs=nnx.Rngs(params=k_init))
@@ -368,10 +369,13 @@ def train_generator(key: jax.Array, *, steps: int, batch: int, lr: float,
   meta = {"steps": steps, "batch": batch, "lr": lr, "warmup": warmup,
           "edge_weight": edge_weight, "config": config.to_dict()}
   best = math.inf
+  # Wall time of earlier invocations of a resumed run; None when the state predates the record.
+  elapsed_before: float | None = 0.0
   if work is not None and resume and (work / "train_state").exists():
     (params, rest, opt_state), start, saved = _load_train_state(
         work / "train_state", (params, rest, opt_state))
     best = saved.get("best_mse", math.inf)
+    elapsed_before = saved.get("elapsed_s")
     log(f"resumed at step {start} (best held-out mse {best:.5f})")
   train_step = make_train_step(graphdef, tx, batch, edge_weight)
 
@@ -402,8 +406,9 @@ def train_generator(key: jax.Array, *, steps: int, batch: int, lr: float,
         best = mse
         checkpoint.save(work / "best", nnx.merge(graphdef, params, rest))
     if work is not None and (step % ckpt_every == 0 or step == steps or out_of_time):
+      elapsed = None if elapsed_before is None else elapsed_before + time.time() - t_start
       _save_train_state(work / "train_state", params, rest, opt_state, step,
-                        dict(meta, best_mse=best))
+                        dict(meta, best_mse=best, elapsed_s=elapsed))
     if out_of_time:
       log(f"time limit reached at step {step}")
       break
@@ -418,6 +423,10 @@ def train_generator(key: jax.Array, *, steps: int, batch: int, lr: float,
 def train_and_save(key: jax.Array, out: str | pathlib.Path, **kw: Any) -> dict[str, Any]:
   """Trains, saves the model to `out` plus `out/metrics.json` (held-out fidelity).
 
+  metrics.json's `train_wall_s` is this invocation's wall time; `train_wall_s_total` sums the
+  training wall time of every invocation of a resumed run (recorded in the training state;
+  null when the run was resumed from a state written before that record existed).
+
   Args:
     key: PRNG key (held-out evaluation uses fold_in(key, 10), disjoint from training).
     out: checkpoint directory to write.
@@ -429,10 +438,14 @@ def train_and_save(key: jax.Array, out: str | pathlib.Path, **kw: Any) -> dict[s
   t0 = time.time()
   model = train_generator(key, **kw)
   train_s = time.time() - t0
+  total_s = train_s
+  state_dir = pathlib.Path(kw["work_dir"]) / "train_state" if kw.get("work_dir") else None
+  if state_dir is not None and state_dir.exists():
+    total_s = checkpoint.read_tree_meta(state_dir, TRAIN_STATE_KIND).get("elapsed_s")
   out = pathlib.Path(out)
   checkpoint.save(out, model)
   k_eval = jax.random.fold_in(key, 10)
-  metrics = {"train_wall_s": train_s,
+  metrics = {"train_wall_s": train_s, "train_wall_s_total": total_s,
              "fidelity_psi1": generator_fidelity(model, k_eval, n=500, psi=1.0),
              "fidelity_psi0.7": generator_fidelity(model, k_eval, n=500, psi=0.7),
              "train_args": {k: v for k, v in kw.items() if k not in ("log", "config")}}
