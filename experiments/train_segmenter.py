@@ -41,6 +41,9 @@ _STEP_EPOCHS = flags.DEFINE_integer("step_epochs", 50, "Epochs between learning-
 _RESOLUTION = flags.DEFINE_integer("resolution", 128, "Side of the feature maps and masks, pixels.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Images per synthesis call while extracting features.")
 _SEED = flags.DEFINE_integer("seed", 0, "jax.random.key seed (head init and shuffling).")
+_CROP = flags.DEFINE_bool("crop_margins", False, "Crop each feature layer's StyleGAN3 margins "
+                          "before the resize, aligning all layers with the image (the "
+                          "reference resizes whole maps; keep False to match it).")
 
 
 def main(argv):
@@ -55,7 +58,7 @@ def main(argv):
   model, losses = segmenter.train_on_generator(
       jax.random.key(_SEED.value), generator, ws[indices], masks, _LABELS.value,
       size=_SIZE.value, epochs=_EPOCHS.value, resolution=_RESOLUTION.value,
-      batch_size=_BATCH.value, lr=_LR.value, weight_decay=_WEIGHT_DECAY.value,
+      batch_size=_BATCH.value, crop_margins=_CROP.value, lr=_LR.value, weight_decay=_WEIGHT_DECAY.value,
       step_epochs=_STEP_EPOCHS.value)
   out = pathlib.Path(_OUT.value)
   checkpoint.save(out, model)

@@ -49,6 +49,60 @@ def test_concat_features_layout():
       np.testing.assert_array_equal(out[:, y, x, 3:], b[:, :, ib[y], ib[x]])
 
 
+def test_concat_features_crops_margins_before_the_resize():
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(2, 3, 20, 20)).astype(np.float32)  # rate 16 + 2-pixel margins
+  b = rng.normal(size=(2, 2, 8, 8)).astype(np.float32)    # no margin
+  out = np.asarray(seg.concat_features([jnp.asarray(a), jnp.asarray(b)], 32, margins=(2, 0)))
+  # independent: cut the margins in numpy, then the exact integer nearest rule
+  ia, ib = (np.arange(32) * 16) // 32, (np.arange(32) * 8) // 32
+  np.testing.assert_array_equal(out[..., :3], a[:, :, 2:18, 2:18][:, :, ia][:, :, :, ia]
+                                .transpose(0, 2, 3, 1))
+  np.testing.assert_array_equal(out[..., 3:], b[:, :, ib][:, :, :, ib].transpose(0, 2, 3, 1))
+  whole = np.asarray(seg.concat_features([jnp.asarray(a), jnp.asarray(b)], 32))
+  assert not np.array_equal(whole, out)  # the reference's whole-map resize differs
+  with pytest.raises(ValueError, match="margins"):
+    seg.concat_features([jnp.asarray(a), jnp.asarray(b)], 32, margins=(2,))
+  with pytest.raises(ValueError, match="feature margins"):
+    seg.SegmenterConfig(in_channels=5, n_labels=2, feature_layers=("input",),
+                        feature_margins=(2, 0))
+
+
+def test_stylegan_margins_leave_each_layers_image_region():
+  from linkjax.miniworld import train_generator as tg
+  from linkjax.models import stylegan_xl as sx
+  cfg = tg.generator_config(w_dim=16, embed_dim=8, channel_base=128, channel_max=8,
+                            stem_layers=4, head_layers=4)
+  gen = sx.StyleGANXL(cfg, rngs=nnx.Rngs(0))
+  names = gen.layer_names
+  margins = seg.stylegan_margins(cfg, names)
+  ws = jnp.zeros((1, cfg.num_ws, cfg.w_dim), jnp.float32)
+  _, feats = jax.eval_shape(lambda w: gen.synthesis(w, return_features=True), ws)
+  rates = {s.name: s.out_sampling_rate for s in cfg.layers} | {"input": cfg.input.sampling_rate}
+  for name, m in zip(names, margins):
+    h, w = feats[name].shape[-2:]
+    assert h - 2 * m == w - 2 * m == rates[name], (name, h, m)
+  assert margins[0] > 0 and margins[-1] == 0  # the stem has margins; the last layer none
+  with pytest.raises(KeyError):
+    seg.stylegan_margins(cfg, ["L99_1_1"])
+
+
+def test_segmenter_applies_its_stored_margins(tmp_path):
+  rng = np.random.default_rng(2)
+  maps = [jnp.asarray(rng.normal(size=(3, 2, 12, 12)).astype(np.float32)),
+          jnp.asarray(rng.normal(size=(3, 1, 8, 8)).astype(np.float32))]
+  feats = seg.concat_features(maps, 8, margins=(2, 0))
+  masks = rng.integers(0, 3, size=(3, 8, 8))
+  model, _ = seg.train_segmenter(jax.random.key(0), feats, masks, 3, epochs=2,
+                                 feature_layers=("a", "b"), feature_margins=(2, 0))
+  assert model.config.feature_margins == (2, 0)
+  np.testing.assert_allclose(np.asarray(model(maps)), np.asarray(model.head(feats)), atol=1e-6)
+  checkpoint.save(tmp_path / "s", model)
+  loaded = checkpoint.load(tmp_path / "s", expected_arch="segmenter")
+  assert loaded.config.feature_margins == (2, 0)
+  np.testing.assert_allclose(np.asarray(loaded(maps)), np.asarray(model(maps)), atol=1e-6)
+
+
 def test_feature_selection():
   names = ("input", "L0_36_16", "L1_36_16", "L2_36_16", "L3_36_16", "L5_36_16", "L6_52_16",
            "L7_52_16", "L8_32_16", "L9_32_3")

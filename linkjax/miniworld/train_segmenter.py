@@ -15,6 +15,12 @@ reference's layer selection (every second synthesis layer), 160 channels for the
 generator. Training is the reference's recipe (Adam, lr 1e-3, weight decay 1e-3, one image
 per step, x0.1 every `step_epochs`), shortened (`epochs`) to fit the CPU.
 
+Feature alignment. Unlike the reference, the miniworld segmenter crops each feature layer's
+StyleGAN3 margin before the nearest resize (`crop_margins`): at 64 px the whole-map resize puts
+the 20 x 20 (rate 16) maps 1.25x too large over the image and the 68 x 68 map up to 2 pixels off
+at the edges, which costs thin parts. Measured on the shipped generator of 2026-11-25 (seed 0,
+200 held-out images): mIoU 0.598 whole-map, 0.605 cropped.
+
 Quality: mean IoU against the renderer's masks of held-out generated images (psi 1), from a
 PRNG stream disjoint from the labelled one.
 """
@@ -50,6 +56,8 @@ class SegmenterTrainConfig:
     lr: initial Adam learning rate.
     weight_decay: L2 coefficient (torch Adam's weight_decay).
     eval_images: held-out generated images for the IoU.
+    crop_margins: crop the feature layers' StyleGAN3 margins before the resize (see the module
+      docstring).
   """
   n_per_class: int = 5
   size: str = "S"
@@ -59,6 +67,7 @@ class SegmenterTrainConfig:
   lr: float = 1e-3
   weight_decay: float = 1e-3
   eval_images: int = 200
+  crop_margins: bool = True
 
 
 def labelled_set(generator: nnx.Module, key: jax.Array, n_per_class: int
@@ -125,11 +134,14 @@ def train(generator: nnx.Module, config: SegmenterTrainConfig, *, key: jax.Array
   log_fn(f"{len(ws)} labelled images; training segmenter {config.size} at "
          f"{config.resolution}px for {config.epochs} epochs")
   layers = seg_lib.reference_feature_layers(generator.layer_names)
-  feats = seg_lib.extract_features(generator, ws, layers, config.resolution, batch_size=len(ws))
+  margins = seg_lib.stylegan_margins(generator.config, layers) if config.crop_margins else ()
+  feats = seg_lib.extract_features(generator, ws, layers, config.resolution, batch_size=len(ws),
+                                   margins=margins)
   model, losses = seg_lib.train_segmenter(
       jax.random.fold_in(key, 1), feats, masks, len(world.PART_NAMES), size=config.size,
       epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-      step_epochs=config.step_epochs, feature_layers=layers, label_names=world.PART_NAMES)
+      step_epochs=config.step_epochs, feature_layers=layers, label_names=world.PART_NAMES,
+      feature_margins=margins)
   train_s = time.time() - t0
   log_fn(f"trained in {train_s:.1f} s, final loss {float(losses[-1]):.4f}")
   metrics = evaluate(generator, model, jax.random.fold_in(key, 2), config.eval_images)

@@ -2,8 +2,12 @@
 
 Features: every second child of the generator's synthesis network in order (`input`, L1, L3, ...;
 the reference takes `list(features.values())[::2]`), each resized with nearest-neighbour
-sampling to `resolution` x `resolution` (torch `F.interpolate(mode='nearest')` index rule,
-margins of the StyleGAN3 layers not cropped) and concatenated along channels. Head: 3x3 convs
+sampling to `resolution` x `resolution` (torch `F.interpolate(mode='nearest')` index rule) and
+concatenated along channels. The reference resizes each whole map, margins included: a StyleGAN3
+layer's map is its sampling rate plus a margin on each side, so its features land scaled by
+size / rate against the image (20 / 16 for a 16-rate map with 2-pixel margins). Optionally
+(`SegmenterConfig.feature_margins`, from `stylegan_margins`) the margins are cropped first, which
+aligns every layer with the image; the default is the reference's rule. Head: 3x3 convs
 with padding = dilation and LeakyReLU(0.2) between them (none after the last), no normalisation.
 
 Training (`train_segmenter`) is one jitted function (scan over epochs, scan over a shuffled order
@@ -46,6 +50,8 @@ class SegmenterConfig:
     feature_layers: generator layer names the features come from, in concatenation order.
     resolution: side of the square feature maps and of the predicted masks.
     label_names: optional names of the n_labels labels (label 0 first).
+    feature_margins: pixels cropped from each side of each feature map before the resize, one
+      per feature layer (`stylegan_margins`); () crops nothing (the reference's rule).
   """
   in_channels: int
   n_labels: int
@@ -53,12 +59,16 @@ class SegmenterConfig:
   feature_layers: tuple[str, ...] = ()
   resolution: int = 128
   label_names: tuple[str, ...] = ()
+  feature_margins: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.size not in SIZES:
       raise ValueError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
     if self.label_names and len(self.label_names) != self.n_labels:
       raise ValueError(f"{len(self.label_names)} label names for {self.n_labels} labels")
+    if self.feature_margins and len(self.feature_margins) != len(self.feature_layers):
+      raise ValueError(f"{len(self.feature_margins)} feature margins for "
+                       f"{len(self.feature_layers)} feature layers")
 
 
 def reference_feature_layers(layer_names: Sequence[str]) -> tuple[str, ...]:
@@ -77,6 +87,32 @@ def reference_feature_layers(layer_names: Sequence[str]) -> tuple[str, ...]:
   if len(names) > 1 and selected[-1] == names[-1] and names[-1].endswith("_3"):
     selected = selected[:-1]
   return selected
+
+
+def stylegan_margins(config: Any, layer_names: Sequence[str]) -> tuple[int, ...]:
+  """Per-layer margins of a StyleGAN3 / StyleGAN-XL synthesis network's feature maps.
+
+  A layer's map has side `size = sampling_rate + 2 * margin`; its central `sampling_rate`
+  pixels cover the image. (The last layers are critically sampled at the image size: margin 0.)
+
+  Args:
+    config: the generator config (`input` and `layers` specs, as `StyleGANXLConfig`).
+    layer_names: feature layers (`input` or layer spec names).
+  Returns:
+    one margin (pixels per side) per layer.
+  """
+  specs = {s.name: (s.out_size, s.out_sampling_rate) for s in config.layers}
+  specs["input"] = (config.input.size, config.input.sampling_rate)
+  margins = []
+  for name in layer_names:
+    if name not in specs:
+      raise KeyError(f"no synthesis layer {name!r}; have {sorted(specs)}")
+    size, rate = specs[name]
+    extra = [s - rate for s in size]
+    if len(set(extra)) != 1 or extra[0] < 0 or extra[0] % 2 or rate != int(rate):
+      raise ValueError(f"layer {name}: size {size} at rate {rate} has no symmetric margin")
+    margins.append(int(extra[0]) // 2)
+  return tuple(margins)
 
 
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -116,16 +152,22 @@ def select_features(features: Mapping[str, jax.Array],
   return [features[n] for n in layer_names]
 
 
-def concat_features(feature_list: Sequence[jax.Array], resolution: int = 128) -> jax.Array:
-  """Resizes (nearest) and concatenates feature maps along channels.
+def concat_features(feature_list: Sequence[jax.Array], resolution: int = 128,
+                    margins: Sequence[int] = ()) -> jax.Array:
+  """Crops margins (optional), resizes (nearest) and concatenates feature maps along channels.
 
   Args:
     feature_list: list of [B, C_i, h_i, w_i] NCHW.
     resolution: output side.
+    margins: pixels cut from each side of map i before the resize; () cuts nothing.
   Returns:
     [B, resolution, resolution, sum C_i] float32 NHWC.
   """
-  maps = [resize_nearest(f.astype(jnp.float32), resolution) for f in feature_list]
+  margins = tuple(margins) or (0,) * len(feature_list)
+  if len(margins) != len(feature_list):
+    raise ValueError(f"{len(margins)} margins for {len(feature_list)} feature maps")
+  maps = [resize_nearest(f[..., m:f.shape[-2] - m, m:f.shape[-1] - m].astype(jnp.float32),
+                         resolution) for f, m in zip(feature_list, margins)]
   return jnp.transpose(jnp.concatenate(maps, axis=1), (0, 2, 3, 1))
 
 
@@ -171,7 +213,8 @@ class FewShotSegmenter(nnx.Module):
     Returns:
       [B, resolution, resolution, n_labels] logits.
     """
-    return self.head(concat_features(feature_list, self.config.resolution))
+    return self.head(concat_features(feature_list, self.config.resolution,
+                                     self.config.feature_margins))
 
 
 def segment_features(model: FewShotSegmenter, features: Mapping[str, jax.Array]) -> jax.Array:
@@ -211,8 +254,8 @@ def torch_adam(lr: float, weight_decay: float, steps_per_decay: int,
 def train_segmenter(key: jax.Array, features: jax.Array | np.ndarray, masks: jax.Array | np.ndarray,
                     n_labels: int, size: str = "S", epochs: int = 100, lr: float = 1e-3,
                     weight_decay: float = 1e-3, step_epochs: int = 50,
-                    feature_layers: Sequence[str] = (),
-                    label_names: Sequence[str] = ()) -> tuple[FewShotSegmenter, np.ndarray]:
+                    feature_layers: Sequence[str] = (), label_names: Sequence[str] = (),
+                    feature_margins: Sequence[int] = ()) -> tuple[FewShotSegmenter, np.ndarray]:
   """Trains a segmenter head on precomputed features of a few labelled images.
 
   Every epoch visits the images in a new random order (key `fold_in(fold_in(key, 1), epoch)`),
@@ -231,6 +274,7 @@ def train_segmenter(key: jax.Array, features: jax.Array | np.ndarray, masks: jax
     step_epochs: epochs between learning-rate decays (x0.1).
     feature_layers: generator layer names of the features, stored in the config.
     label_names: label names stored in the config.
+    feature_margins: the margins `features` were cropped with, stored in the config.
   Returns:
     (trained model, per-epoch mean training loss [epochs] float32).
   """
@@ -246,7 +290,8 @@ def train_segmenter(key: jax.Array, features: jax.Array | np.ndarray, masks: jax
     raise ValueError(f"{n} feature maps but {masks.shape[0]} masks")
   config = SegmenterConfig(in_channels=channels, n_labels=n_labels, size=size,
                            feature_layers=tuple(feature_layers), resolution=res,
-                           label_names=tuple(label_names))
+                           label_names=tuple(label_names),
+                           feature_margins=tuple(int(m) for m in feature_margins))
   model = FewShotSegmenter(config, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
   graphdef, params = nnx.split(model)
   hparams = (float(lr), float(weight_decay), n * step_epochs)
@@ -306,7 +351,8 @@ def _pad_batch(x: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def extract_features(generator: nnx.Module, ws: np.ndarray, layer_names: Sequence[str],
-                     resolution: int = 128, batch_size: int = 4) -> np.ndarray:
+                     resolution: int = 128, batch_size: int = 4,
+                     margins: Sequence[int] = ()) -> np.ndarray:
   """Concatenated segmenter features of generated images.
 
   Args:
@@ -315,16 +361,17 @@ def extract_features(generator: nnx.Module, ws: np.ndarray, layer_names: Sequenc
     layer_names: feature layers to use.
     resolution: feature side.
     batch_size: images per synthesis call.
+    margins: per-layer margins cropped before the resize (`concat_features`).
   Returns:
     [N, resolution, resolution, C] float32 NHWC (numpy).
   """
   graphdef, state = nnx.split(generator)
-  names = tuple(layer_names)
+  names, margins = tuple(layer_names), tuple(margins)
 
   @jax.jit
   def run(state, w):
     _, feats = nnx.merge(graphdef, state).synthesis(w, return_features=True)
-    return concat_features(select_features(feats, names), resolution)
+    return concat_features(select_features(feats, names), resolution, margins)
 
   ws = np.asarray(ws, np.float32)
   out = []
@@ -335,7 +382,7 @@ def extract_features(generator: nnx.Module, ws: np.ndarray, layer_names: Sequenc
 
 def train_on_generator(key: jax.Array, generator: nnx.Module, ws: np.ndarray, masks: np.ndarray,
                        label_names: Sequence[str], size: str = "S", epochs: int = 100,
-                       resolution: int = 128, batch_size: int = 4,
+                       resolution: int = 128, batch_size: int = 4, crop_margins: bool = False,
                        **train_kwargs: Any) -> tuple[FewShotSegmenter, np.ndarray]:
   """Extracts the reference feature layers of the labelled samples once, then trains a head.
 
@@ -349,6 +396,8 @@ def train_on_generator(key: jax.Array, generator: nnx.Module, ws: np.ndarray, ma
     epochs: training epochs.
     resolution: feature / mask side.
     batch_size: images per synthesis call during feature extraction.
+    crop_margins: crop each layer's StyleGAN3 margins before the resize (`stylegan_margins`);
+      False keeps the reference's whole-map resize.
     **train_kwargs: lr, weight_decay, step_epochs for `train_segmenter`.
   Returns:
     (model, per-epoch loss [epochs]).
@@ -358,9 +407,11 @@ def train_on_generator(key: jax.Array, generator: nnx.Module, ws: np.ndarray, ma
     raise ValueError(f"mask values span {masks.min()}..{masks.max()}, outside the "
                      f"{len(label_names)} labels {list(label_names)}")
   layers = reference_feature_layers(generator.layer_names)
-  feats = extract_features(generator, ws, layers, resolution, batch_size)
+  margins = stylegan_margins(generator.config, layers) if crop_margins else ()
+  feats = extract_features(generator, ws, layers, resolution, batch_size, margins)
   return train_segmenter(key, feats, masks, len(label_names), size=size, epochs=epochs,
-                         feature_layers=layers, label_names=label_names, **train_kwargs)
+                         feature_layers=layers, label_names=label_names,
+                         feature_margins=margins, **train_kwargs)
 
 
 def segment_ws(generator: nnx.Module, segmenter: FewShotSegmenter, ws: np.ndarray,
