@@ -39,6 +39,10 @@ _WD = flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay,
 _CROP = flags.DEFINE_bool("crop_margins", _DEFAULTS.crop_margins, "Crop the feature layers' "
                           "StyleGAN3 margins before the resize (aligned with the image); "
                           "False: the reference's whole-map resize.")
+_LAYERS = flags.DEFINE_enum("feature_layers", _DEFAULTS.feature_layers,
+                            sorted(train_segmenter.FEATURE_LAYER_RULES),
+                            "Generator layers the features come from: all synthesis layers but "
+                            "ToRGB, or the reference's every second layer.")
 _EVAL = flags.DEFINE_integer("eval_images", _DEFAULTS.eval_images,
                              "Held-out generated images (psi 1) for the mean IoU.")
 
@@ -48,7 +52,8 @@ def main(argv):
   config = train_segmenter.SegmenterTrainConfig(
       n_per_class=_N_PER_CLASS.value, size=_SIZE.value, resolution=_RESOLUTION.value,
       epochs=_EPOCHS.value, step_epochs=_STEP_EPOCHS.value, lr=_LR.value,
-      weight_decay=_WD.value, eval_images=_EVAL.value, crop_margins=_CROP.value)
+      weight_decay=_WD.value, eval_images=_EVAL.value, crop_margins=_CROP.value,
+      feature_layers=_LAYERS.value)
   logging.info("generator=%s out=%s seed=%d config=%s", _GENERATOR.value, _OUT.value,
                _SEED.value, config)
   train_segmenter.train_and_save(_GENERATOR.value, _OUT.value, config, seed=_SEED.value,

@@ -117,11 +117,6 @@ def test_tiny_demo_report_summary_and_resume(tiny_run):
 
 
 @needs_weights
-@pytest.mark.xfail(strict=True, reason=(
-    "shipped miniworld generator (held-out pixel MSE 0.0077 vs its render) still draws thin and "
-    "small parts soft: the segmenter's mIoU against the true masks (0.58) misses 0.6 (the "
-    "classifier thresholds pass); strict, so retrained weights that pass make this XPASS and "
-    "fail until the mark goes"))
 def test_shipped_weights_meet_quality_thresholds(tiny_run):
   checks = tiny_run["summary"]["quality_checks"]
   assert set(checks) == {"classifier_accuracy_renders", "classifier_accuracy_generated",

@@ -111,6 +111,8 @@ def test_feature_selection():
   # an odd count would put ToRGB (3 channels) under the stride: it is not a feature
   assert seg.reference_feature_layers(("input", "L0_8_4", "L1_8_4", "L2_8_4", "L3_8_3")) == (
       "input", "L1_8_4")
+  assert seg.all_feature_layers(names) == names[:-1]  # every layer but ToRGB
+  assert seg.all_feature_layers(("input", "L0_8_4")) == ("input", "L0_8_4")
   feats = {n: jnp.full((1, 1, 2, 2), float(i)) for i, n in enumerate(names)}
   got = seg.select_features(feats, ["L6_52_16", "input"])
   assert [float(g[0, 0, 0, 0]) for g in got] == [6.0, 0.0]

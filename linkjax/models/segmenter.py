@@ -89,6 +89,15 @@ def reference_feature_layers(layer_names: Sequence[str]) -> tuple[str, ...]:
   return selected
 
 
+def all_feature_layers(layer_names: Sequence[str]) -> tuple[str, ...]:
+  """Every synthesis child as a feature layer (as the original Repurposing-GANs method), minus
+  a final ToRGB layer (named `L*_*_3`)."""
+  names = tuple(layer_names)
+  if len(names) > 1 and names[-1].endswith("_3"):
+    names = names[:-1]
+  return names
+
+
 def stylegan_margins(config: Any, layer_names: Sequence[str]) -> tuple[int, ...]:
   """Per-layer margins of a StyleGAN3 / StyleGAN-XL synthesis network's feature maps.
 
