@@ -58,8 +58,8 @@ def main(argv):
   model, losses = segmenter.train_on_generator(
       jax.random.key(_SEED.value), generator, ws[indices], masks, _LABELS.value,
       size=_SIZE.value, epochs=_EPOCHS.value, resolution=_RESOLUTION.value,
-      batch_size=_BATCH.value, crop_margins=_CROP.value, lr=_LR.value, weight_decay=_WEIGHT_DECAY.value,
-      step_epochs=_STEP_EPOCHS.value)
+      batch_size=_BATCH.value, crop_margins=_CROP.value, lr=_LR.value,
+      weight_decay=_WEIGHT_DECAY.value, step_epochs=_STEP_EPOCHS.value)
   out = pathlib.Path(_OUT.value)
   checkpoint.save(out, model)
   (out / "train.json").write_text(json.dumps({

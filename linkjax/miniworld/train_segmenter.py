@@ -13,8 +13,9 @@ CPU where the whole demo must run. Part metrics are then measured on the 64 x 64
 The head is the paper's size S (in -> 128 -> 64 -> 64 -> 32 -> 10). Features: all synthesis
 layers but ToRGB (256 channels for the miniworld generator), as in the original Repurposing-GANs
 method; the reference takes every second layer (`feature_layers='reference'`, 160 channels),
-which at ImageNet scale saves memory that the miniworld does not need. Training is the reference's recipe (Adam, lr 1e-3, weight decay 1e-3, one image
-per step, x0.1 every `step_epochs`), shortened (`epochs`) to fit the CPU.
+which at ImageNet scale saves memory that the miniworld does not need. Training is the
+reference's recipe (Adam, lr 1e-3, weight decay 1e-3, one image per step, x0.1 every
+`step_epochs`), shortened (`epochs`) to fit the CPU.
 
 Feature alignment. Unlike the reference, the miniworld segmenter crops each feature layer's
 StyleGAN3 margin before the nearest resize (`crop_margins`): at 64 px the whole-map resize puts
@@ -148,15 +149,12 @@ def train(generator: nnx.Module, config: SegmenterTrainConfig, *, key: jax.Array
   ws, masks, _ = labelled_set(generator, jax.random.fold_in(key, 0), config.n_per_class)
   log_fn(f"{len(ws)} labelled images; training segmenter {config.size} at "
          f"{config.resolution}px for {config.epochs} epochs")
-  layers = FEATURE_LAYER_RULES[config.feature_layers](generator.layer_names)
-  margins = seg_lib.stylegan_margins(generator.config, layers) if config.crop_margins else ()
-  feats = seg_lib.extract_features(generator, ws, layers, config.resolution, batch_size=len(ws),
-                                   margins=margins)
-  model, losses = seg_lib.train_segmenter(
-      jax.random.fold_in(key, 1), feats, masks, len(world.PART_NAMES), size=config.size,
-      epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-      step_epochs=config.step_epochs, feature_layers=layers, label_names=world.PART_NAMES,
-      feature_margins=margins)
+  model, losses = seg_lib.train_on_generator(
+      jax.random.fold_in(key, 1), generator, ws, masks, world.PART_NAMES, size=config.size,
+      epochs=config.epochs, resolution=config.resolution, batch_size=len(ws),
+      crop_margins=config.crop_margins,
+      feature_layers=FEATURE_LAYER_RULES[config.feature_layers](generator.layer_names),
+      lr=config.lr, weight_decay=config.weight_decay, step_epochs=config.step_epochs)
   train_s = time.time() - t0
   log_fn(f"trained in {train_s:.1f} s, final loss {float(losses[-1]):.4f}")
   metrics = evaluate(generator, model, jax.random.fold_in(key, 2), config.eval_images)

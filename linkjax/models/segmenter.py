@@ -7,7 +7,8 @@ concatenated along channels. The reference resizes each whole map, margins inclu
 layer's map is its sampling rate plus a margin on each side, so its features land scaled by
 size / rate against the image (20 / 16 for a 16-rate map with 2-pixel margins). Optionally
 (`SegmenterConfig.feature_margins`, from `stylegan_margins`) the margins are cropped first, which
-aligns every layer with the image; the default is the reference's rule. Head: 3x3 convs
+aligns every layer with the image; the default is the reference's rule. `all_feature_layers`
+(every child but ToRGB) is the alternative layer rule. Head: 3x3 convs
 with padding = dilation and LeakyReLU(0.2) between them (none after the last), no normalisation.
 
 Training (`train_segmenter`) is one jitted function (scan over epochs, scan over a shuffled order
@@ -83,10 +84,8 @@ def reference_feature_layers(layer_names: Sequence[str]) -> tuple[str, ...]:
     this is exactly `[::2]`.
   """
   names = tuple(layer_names)
-  selected = names[::2]
-  if len(names) > 1 and selected[-1] == names[-1] and names[-1].endswith("_3"):
-    selected = selected[:-1]
-  return selected
+  features = all_feature_layers(names)
+  return tuple(n for n in names[::2] if n in features)
 
 
 def all_feature_layers(layer_names: Sequence[str]) -> tuple[str, ...]:
@@ -392,8 +391,9 @@ def extract_features(generator: nnx.Module, ws: np.ndarray, layer_names: Sequenc
 def train_on_generator(key: jax.Array, generator: nnx.Module, ws: np.ndarray, masks: np.ndarray,
                        label_names: Sequence[str], size: str = "S", epochs: int = 100,
                        resolution: int = 128, batch_size: int = 4, crop_margins: bool = False,
+                       feature_layers: Sequence[str] | None = None,
                        **train_kwargs: Any) -> tuple[FewShotSegmenter, np.ndarray]:
-  """Extracts the reference feature layers of the labelled samples once, then trains a head.
+  """Extracts the feature layers of the labelled samples once, then trains a head.
 
   Args:
     key: PRNG key passed to `train_segmenter`.
@@ -407,6 +407,7 @@ def train_on_generator(key: jax.Array, generator: nnx.Module, ws: np.ndarray, ma
     batch_size: images per synthesis call during feature extraction.
     crop_margins: crop each layer's StyleGAN3 margins before the resize (`stylegan_margins`);
       False keeps the reference's whole-map resize.
+    feature_layers: generator layers of the features; None: `reference_feature_layers`.
     **train_kwargs: lr, weight_decay, step_epochs for `train_segmenter`.
   Returns:
     (model, per-epoch loss [epochs]).
@@ -415,7 +416,8 @@ def train_on_generator(key: jax.Array, generator: nnx.Module, ws: np.ndarray, ma
   if masks.max() >= len(label_names) or masks.min() < 0:
     raise ValueError(f"mask values span {masks.min()}..{masks.max()}, outside the "
                      f"{len(label_names)} labels {list(label_names)}")
-  layers = reference_feature_layers(generator.layer_names)
+  layers = (reference_feature_layers(generator.layer_names) if feature_layers is None
+            else tuple(feature_layers))
   margins = stylegan_margins(generator.config, layers) if crop_margins else ()
   feats = extract_features(generator, ws, layers, resolution, batch_size, margins)
   return train_segmenter(key, feats, masks, len(label_names), size=size, epochs=epochs,
