@@ -73,8 +73,8 @@ def main(argv):
   n = r.shape[0]
   shift0 = cf.initial_shift(jax.random.key(_SEED.value), n, r.shape[1])
 
-  fns, params = cf.model_fns(checkpoint.load(world["classifier"], expected_arch="resnet"),
-                             checkpoint.load(world["generator"], expected_arch="stylegan_xl"),
+  fns, params = cf.model_fns(checkpoint.load(world["classifier"], role="classifier"),
+                             checkpoint.load(world["generator"], role="generator"),
                              link.load(world["link"])[0])
   sfns = fns.search_fns()
   cfg = cf.SearchConfig(max_steps=_MAX_STEPS.value, check_every=_CHECK_EVERY.value,

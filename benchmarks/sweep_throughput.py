@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from linkjax import quantify, sweep
+from linkjax import classifier, quantify, sweep
 
 _SAMPLES = flags.DEFINE_integer("samples", 4, "Base samples.")
 _UNITS = flags.DEFINE_integer("units", 16, "Units swept.")
@@ -58,7 +58,7 @@ def build_pipeline(seed: int) -> tuple[sweep.SweepPipeline, int]:
   from linkjax import counterfactual as cf  # noqa: PLC0415  (its host-side random init)
   from linkjax.models import resnet, segmenter, stylegan_xl  # noqa: PLC0415
   if _GENERATOR.value:
-    gen = checkpoint.load(_GENERATOR.value, expected_arch="stylegan_xl")
+    gen = checkpoint.load(_GENERATOR.value, role="generator")
   else:
     gen = stylegan_xl.StyleGANXL(stylegan_xl.tiny_config(_RESOLUTION.value), rngs=nnx.Rngs(seed))
   clf = cf._random_module(resnet.ResNet, resnet.ResNetConfig(  # noqa: SLF001
@@ -160,8 +160,7 @@ def main(argv):
         w = np.asarray(link_jit(p["link"], rows))
         img, feats = synth_jit(p["generator"], w)
         u8 = np.asarray(preprocess.to_uint8(img))
-        probs = np.asarray(resnet.classify(c_def, p["classifier"], u8, resize=72,
-                                           crop=64)["probs"])[:, list(classes)]
+        probs = np.asarray(classifier.classify(c_def, p["classifier"], u8)["probs"])[:, list(classes)]
         masks = np.asarray(seg_jit(p["segmenter"], {n: feats[n] for n in _DEFS["layers"]}))
         small = np.asarray(preprocess.resize_uint8(u8, res)) if u8.shape[1] != res else u8
         del probs

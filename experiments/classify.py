@@ -14,11 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from linkjax import checkpoint, preprocess
-from linkjax.models import resnet
+from linkjax import checkpoint, classifier, preprocess
 
 _CLASSIFIER = flags.DEFINE_string(
-    "classifier", None, "ResNet checkpoint directory (from `python -m ports.torchvision`).")
+    "classifier", None, "Classifier checkpoint directory (from `python -m ports.torchvision`).")
 _IMAGES = flags.DEFINE_string(
     "images", None, "uint8 images [N, H, W, 3]: a .npy, a .npz (one array or one named "
     "'images') or a folder of .png files (sorted by name, all the same size).")
@@ -40,7 +39,7 @@ def main(argv: Sequence[str]) -> None:
     images = preprocess.read_images(_IMAGES.value)
   except ValueError as e:
     raise SystemExit(f"error: --images: {e}") from e
-  model = checkpoint.load(_CLASSIFIER.value, expected_arch="resnet")
+  model = checkpoint.load(_CLASSIFIER.value, role="classifier")
   logging.info("%d images of %dx%d; classifier %s", images.shape[0], images.shape[1],
                images.shape[2], model.config)
   t0 = time.time()
@@ -52,7 +51,7 @@ def main(argv: Sequence[str]) -> None:
     if batch_idx % every == 0 or done == total:
       logging.info("classified %d/%d images (%.1f s)", done, total, time.time() - t0)
 
-  out = resnet.classify_batches(model, images, batch=_BATCH.value, log_fn=log_progress)
+  out = classifier.classify_batches(model, images, batch=_BATCH.value, log_fn=log_progress)
   np.savez(_OUT.value, **out)
   logging.info("wrote %s", _OUT.value)
 

@@ -41,8 +41,8 @@ def main(argv):
   params, meta = link.load(_LINK.value)
   idx, source = cycle.heldout_indices(len(data["w"]), meta, _N.value, _SEED.value)
   logging.info("evaluating %d pairs (%s)", len(idx), source)
-  generator = checkpoint.load(_GENERATOR.value, expected_arch="stylegan_xl")
-  classifier = checkpoint.load(_CLASSIFIER.value, expected_arch="resnet")
+  generator = checkpoint.load(_GENERATOR.value, role="generator")
+  classifier = checkpoint.load(_CLASSIFIER.value, role="classifier")
   res = cycle.cycle_eval(generator, classifier, params, data["w"][idx], seed=_SEED.value,
                          batch=_BATCH.value,
                          lpips_fn=cycle.default_lpips() if _LPIPS.value else None)

@@ -65,7 +65,7 @@ def run(generator_dir: str, out_dir: str, classes: list[int], seeds: list[int] |
   from linkjax import checkpoint  # noqa: PLC0415  (after flag parsing: fast --help)
   from linkjax.models import stylegan_xl  # noqa: PLC0415
 
-  model = checkpoint.load(generator_dir, expected_arch="stylegan_xl")
+  model = checkpoint.load(generator_dir, role="generator")
   z_dim = model.config.z_dim
   if z is None:
     zs = stylegan_xl.seed_latents(seeds, z_dim)

@@ -59,8 +59,8 @@ def main(argv):
       raise app.UsageError("--generator and --classifier are required (or --toy_world)")
     from linkjax import checkpoint  # noqa: PLC0415
 
-    generator = checkpoint.load(_GENERATOR.value, expected_arch="stylegan_xl")
-    classifier = checkpoint.load(_CLASSIFIER.value, expected_arch="resnet")
+    generator = checkpoint.load(_GENERATOR.value, role="generator")
+    classifier = checkpoint.load(_CLASSIFIER.value, role="classifier")
     pipeline = pairs.model_pipeline(generator, classifier, psi=_PSI.value)
     run_info = {"generator": os.path.abspath(_GENERATOR.value),
                 "classifier": os.path.abspath(_CLASSIFIER.value), "psi": _PSI.value}

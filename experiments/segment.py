@@ -31,8 +31,8 @@ def main(argv):
   del argv
   logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
       __name__)})
-  generator = checkpoint.load(_GENERATOR.value, expected_arch="stylegan_xl")
-  seg = checkpoint.load(_SEGMENTER.value, expected_arch="segmenter")
+  generator = checkpoint.load(_GENERATOR.value, role="generator")
+  seg = checkpoint.load(_SEGMENTER.value, role="segmenter")
   with np.load(_SAMPLES.value) as f:
     ws = np.asarray(f["ws"], np.float32)
   masks, images = segmenter.segment_ws(generator, seg, ws, batch_size=_BATCH.value)

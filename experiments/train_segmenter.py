@@ -50,7 +50,7 @@ def main(argv):
   del argv
   logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
       __name__)})
-  generator = checkpoint.load(_GENERATOR.value, expected_arch="stylegan_xl")
+  generator = checkpoint.load(_GENERATOR.value, role="generator")
   with np.load(_SAMPLES.value) as f:
     ws = np.asarray(f["ws"], np.float32)
   indices, masks = segmenter.load_masks(_MASKS.value, n=ws.shape[0])

@@ -1,60 +1,50 @@
-"""Orbax checkpoints that carry their architecture config.
+"""Orbax checkpoints that carry their architecture config and a content hash.
 
-A checkpoint directory holds `config.json` (architecture name + config fields) and `state/`
-(an orbax StandardCheckpointer tree). `load(path)` rebuilds the right NNX module with no other
-argument: it looks up the architecture, builds an abstract module with `nnx.eval_shape`, and
-restores the parameters into it.
+A checkpoint directory holds `config.json` (kind, architecture name and config fields, the
+SHA-256 of the saved state) and `state/` (an orbax StandardCheckpointer tree). `load(path)`
+rebuilds the right NNX module with no other argument: it looks up the architecture in
+`linkjax.models.ARCHITECTURES`, builds an abstract module with `nnx.eval_shape`, and restores
+the parameters into it after checking the hash (a flipped byte is an error, not a silently
+changed weight). `load(path, role='classifier')` refuses checkpoints of another role.
 
 Plain pytrees (e.g. a linking network's params) use `save_tree`/`load_tree` with a JSON `meta`.
 
-Model classes register themselves through `ARCHITECTURES` (a lazy name -> "module:Class" table,
-so that importing this module imports no model). A model class takes `(config, *, rngs)` and its
-config is a frozen dataclass; list-valued JSON fields are turned back into tuples.
+Saving builds the directory beside its destination and renames it into place
+(`files.replace_dir`); an existing destination is replaced only when it is a linkjax checkpoint
+of the same kind, never another folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
+import hashlib
 import pathlib
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
-FORMAT_VERSION = 1
+from linkjax import files
+from linkjax import models
 
-# arch name -> (module, model class, config class)
-ARCHITECTURES: dict[str, tuple[str, str, str]] = {
-    "resnet": ("linkjax.models.resnet", "ResNet", "ResNetConfig"),
-    "stylegan_xl": ("linkjax.models.stylegan_xl", "StyleGANXL", "StyleGANXLConfig"),
-    "segmenter": ("linkjax.models.segmenter", "FewShotSegmenter", "SegmenterConfig"),
-}
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+STATE_DIR = "state"
+# Files a checkpoint directory may hold besides config.json and state/ (trainers add metrics).
+_EXTRA_FILES = ("metrics.json",)
 
 
 class CheckpointError(ValueError):
   """A checkpoint directory is missing, damaged or of another architecture."""
 
 
-def _arch_classes(arch: str) -> tuple[type, type]:
-  if arch not in ARCHITECTURES:
-    raise CheckpointError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
-  mod_name, model_name, config_name = ARCHITECTURES[arch]
-  mod = importlib.import_module(mod_name)
-  return getattr(mod, model_name), getattr(mod, config_name)
-
-
-def arch_of(model_or_config: Any) -> str:
-  """The registered architecture name of a model instance or config instance."""
-  cls = type(model_or_config)
-  for arch, (mod_name, model_name, config_name) in ARCHITECTURES.items():
-    if cls.__module__ == mod_name and cls.__name__ in (model_name, config_name):
-      return arch
-  raise CheckpointError(f"{cls.__module__}.{cls.__name__} is not a registered architecture")
+def _registry(arch: str) -> models.Architecture:
+  if arch not in models.ARCHITECTURES:
+    raise CheckpointError(f"unknown architecture {arch!r}; known: {sorted(models.ARCHITECTURES)}")
+  return models.ARCHITECTURES[arch]
 
 
 def _tuplify(x: Any) -> Any:
@@ -77,80 +67,138 @@ def config_from_dict(config_cls: type, d: dict[str, Any]) -> Any:
   return config_cls(**{k: _tuplify(v) for k, v in d.items()})
 
 
+def state_hash(state_dir: pathlib.Path) -> str:
+  """SHA-256 over every file under `state_dir` (relative paths and contents, sorted)."""
+  h = hashlib.sha256()
+  for p in sorted(q for q in state_dir.rglob("*") if q.is_file()):
+    h.update(str(p.relative_to(state_dir)).encode() + b"\0")
+    with open(p, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    h.update(b"\0")
+  return h.hexdigest()
+
+
 def _read_meta(path: pathlib.Path) -> dict[str, Any]:
-  meta_file = path / "config.json"
   if not path.is_dir():
     raise CheckpointError(f"checkpoint directory {path} does not exist")
+  meta_file = path / CONFIG_FILE
   if not meta_file.is_file():
-    raise CheckpointError(f"{path} is not a linkjax checkpoint: config.json is missing")
+    raise CheckpointError(f"{path} is not a linkjax checkpoint: {CONFIG_FILE} is missing")
   try:
-    meta = json.loads(meta_file.read_text())
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{meta_file} is damaged: {e}") from e
-  if not isinstance(meta, dict) or "kind" not in meta:
+    meta = files.read_json(meta_file)
+  except files.FileError as e:
+    raise CheckpointError(f"{path} is damaged: {e}") from e
+  if not isinstance(meta, dict) or not isinstance(meta.get("kind"), str):
     raise CheckpointError(f"{meta_file} is not a linkjax checkpoint header")
-  if not (path / "state").is_dir():
-    raise CheckpointError(f"{path} is damaged: the state/ directory is missing")
+  if not (path / STATE_DIR).is_dir():
+    raise CheckpointError(f"{path} is damaged: the {STATE_DIR}/ directory is missing")
   return meta
 
 
-def _write(path: pathlib.Path, meta: dict[str, Any], tree: Any) -> None:
-  path = pathlib.Path(path).absolute()
-  if path.exists():
-    shutil.rmtree(path)
-  path.mkdir(parents=True)
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(path / "state", tree)
-  ckptr.wait_until_finished()
-  (path / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+def _not_replaceable(kind: str):
+  def check(path: pathlib.Path) -> str | None:
+    try:
+      meta = _read_meta(path)
+    except CheckpointError:
+      return "it is not a linkjax checkpoint" if any(path.iterdir()) else None
+    if meta["kind"] != kind:
+      return f"it holds a linkjax checkpoint of kind {meta['kind']!r}, not {kind!r}"
+    extra = sorted(p.name for p in path.iterdir()
+                   if p.name not in (CONFIG_FILE, STATE_DIR, *_EXTRA_FILES))
+    if extra:
+      return f"it holds files that are not part of a checkpoint: {extra[:5]}"
+    return None
+  return check
 
 
-def _restore(path: pathlib.Path, abstract_tree: Any) -> Any:
+def _write(path: str | pathlib.Path, meta: dict[str, Any], tree: Any) -> None:
+  def build(tmp: pathlib.Path) -> None:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / STATE_DIR, tree)
+    ckptr.wait_until_finished()
+    files.write_json(tmp / CONFIG_FILE, {**meta, "state_sha256": state_hash(tmp / STATE_DIR)})
+
   try:
-    return ocp.StandardCheckpointer().restore(path / "state", abstract_tree)
+    files.replace_dir(path, build, is_ours=_not_replaceable(meta["kind"]))
+  except files.FileError as e:
+    raise CheckpointError(str(e)) from e
+
+
+def _verify(path: pathlib.Path, meta: dict[str, Any]) -> None:
+  expected = meta.get("state_sha256")
+  if expected is None:
+    logging.warning("%s has no content hash (written by an older linkjax): not verified", path)
+    return
+  if state_hash(path / STATE_DIR) != expected:
+    raise CheckpointError(f"{path} is damaged: the content of {STATE_DIR}/ does not match the "
+                          "hash recorded when it was saved; convert or copy it again")
+
+
+def _restore(path: pathlib.Path, meta: dict[str, Any], abstract_tree: Any = None) -> Any:
+  _verify(path, meta)
+  try:
+    ckptr = ocp.StandardCheckpointer()
+    if abstract_tree is None:
+      return ckptr.restore(path / STATE_DIR)
+    return ckptr.restore(path / STATE_DIR, abstract_tree)
   except Exception as e:  # orbax raises many types for structure mismatches and damage
-    raise CheckpointError(f"could not restore {path}/state: {type(e).__name__}: {e}") from e
+    raise CheckpointError(f"could not restore {path}/{STATE_DIR}: {type(e).__name__}: "
+                          f"{str(e)[:300]}") from e
 
 
 def save(path: str | pathlib.Path, model: nnx.Module, config: Any | None = None) -> None:
   """Saves an NNX model's state and its architecture config to directory `path`."""
   config = config if config is not None else model.config
-  arch = arch_of(config)
-  state = nnx.state(model)
-  _write(pathlib.Path(path), {"kind": "model", "arch": arch, "format": FORMAT_VERSION,
-                              "config": config_to_dict(config)}, state)
+  try:
+    arch = models.arch_of(config)
+  except KeyError as e:
+    raise CheckpointError(str(e)) from e
+  _write(path, {"kind": "model", "arch": arch, "format": FORMAT_VERSION,
+                "config": config_to_dict(config)}, nnx.state(model))
 
 
-def read_config(path: str | pathlib.Path) -> tuple[str, Any]:
-  """Returns (arch, config) of a model checkpoint without restoring weights."""
-  meta = _read_meta(pathlib.Path(path))
+def read_config(path: str | pathlib.Path, role: str | None = None) -> tuple[str, Any]:
+  """Returns (arch, config) of a model checkpoint without restoring weights.
+
+  Args:
+    path: directory written by `save`.
+    role: if given ('classifier', 'generator', 'segmenter'), raise CheckpointError unless the
+      checkpoint's architecture has this role.
+  """
+  path = pathlib.Path(path).absolute()
+  meta = _read_meta(path)
   if meta["kind"] != "model":
     raise CheckpointError(f"{path} holds a {meta['kind']!r}, not a model")
-  _, config_cls = _arch_classes(meta["arch"])
-  return meta["arch"], config_from_dict(config_cls, meta["config"])
+  arch = _registry(meta.get("arch"))
+  if role is not None and arch.role != role:
+    raise CheckpointError(f"{path} holds a {arch.role} ({meta['arch']!r}), expected a {role}")
+  _, config_cls = arch.classes()
+  try:
+    return meta["arch"], config_from_dict(config_cls, meta["config"])
+  except (TypeError, ValueError, KeyError) as e:
+    raise CheckpointError(f"{path}: invalid {meta['arch']} config: {e}") from e
 
 
-def load(path: str | pathlib.Path, expected_arch: str | None = None) -> nnx.Module:
+def load(path: str | pathlib.Path, role: str | None = None) -> nnx.Module:
   """Rebuilds the model saved at `path` (architecture and config from the checkpoint).
 
   Args:
     path: directory written by `save`.
-    expected_arch: if given, raise CheckpointError unless the checkpoint is of this architecture.
+    role: if given, raise CheckpointError unless the checkpoint holds a model of this role.
   """
   path = pathlib.Path(path).absolute()
-  arch, config = read_config(path)
-  if expected_arch is not None and arch != expected_arch:
-    raise CheckpointError(f"{path} holds a {arch!r} checkpoint, expected {expected_arch!r}")
-  model_cls, _ = _arch_classes(arch)
+  arch, config = read_config(path, role)
+  model_cls, _ = _registry(arch).classes()
   abstract = nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  state = _restore(path, abstract_state)
+  state = _restore(path, _read_meta(path), abstract_state)
   return nnx.merge(graphdef, state)
 
 
 def save_tree(path: str | pathlib.Path, tree: Any, meta: dict[str, Any], kind: str) -> None:
   """Saves a pytree of arrays with JSON-serialisable `meta` under checkpoint kind `kind`."""
-  _write(pathlib.Path(path), {"kind": kind, "format": FORMAT_VERSION, "meta": meta}, tree)
+  _write(path, {"kind": kind, "format": FORMAT_VERSION, "meta": meta}, tree)
 
 
 def read_tree_meta(path: str | pathlib.Path, kind: str) -> dict[str, Any]:
@@ -168,8 +216,5 @@ def load_tree(path: str | pathlib.Path, kind: str) -> tuple[Any, dict[str, Any]]
   meta = _read_meta(path)
   if meta["kind"] != kind:
     raise CheckpointError(f"{path} holds a {meta['kind']!r} checkpoint, expected {kind!r}")
-  try:
-    tree = ocp.StandardCheckpointer().restore(path / "state")
-  except Exception as e:
-    raise CheckpointError(f"could not restore {path}/state: {type(e).__name__}: {e}") from e
+  tree = _restore(path, meta)
   return jax.tree.map(np.asarray, tree), meta["meta"]

@@ -994,10 +994,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
   rows = np.nonzero(np.asarray(data["class_idx"]) == cfg.orig_class)[0][:cfg.n_samples]
   if rows.size == 0:
     raise ValueError(f"no pairs of class {cfg.orig_class} in {cfg.pairs}")
-  classifier = checkpoint.load(cfg.classifier, expected_arch="resnet")
-  generator = checkpoint.load(cfg.generator, expected_arch="stylegan_xl")
+  classifier = checkpoint.load(cfg.classifier, role="classifier")
+  generator = checkpoint.load(cfg.generator, role="generator")
   link_params, _ = link.load(cfg.link)
-  segmenter = checkpoint.load(cfg.segmenter, expected_arch="segmenter") if cfg.segmenter else None
+  segmenter = checkpoint.load(cfg.segmenter, role="segmenter") if cfg.segmenter else None
   label_names = tuple(segmenter.config.label_names) if segmenter is not None else ()
   lpips_fn = None
   if cfg.lpips:
@@ -1120,7 +1120,7 @@ def build_tiny_world(out_dir: str | pathlib.Path, *, seed: int = 0, num_classes:
   out.mkdir(parents=True, exist_ok=True)
   key = jax.random.key(seed)
   if generator_dir is not None:
-    gen = checkpoint.load(generator_dir, expected_arch="stylegan_xl")
+    gen = checkpoint.load(generator_dir, role="generator")
   else:
     gen = stylegan_xl.StyleGANXL(stylegan_xl.tiny_config(), rngs=nnx.Rngs(seed))
   clf = _random_module(resnet.ResNet, resnet.ResNetConfig(

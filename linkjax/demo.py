@@ -241,8 +241,7 @@ class _Run:
   def model(self, kind: str) -> Any:
     if kind not in self._models:
       from linkjax import checkpoint  # noqa: PLC0415
-      arch = {"generator": "stylegan_xl", "classifier": "resnet", "segmenter": "segmenter"}[kind]
-      self._models[kind] = checkpoint.load(self.paths[kind], expected_arch=arch)
+      self._models[kind] = checkpoint.load(self.paths[kind], role=kind)
     return self._models[kind]
 
   @property

@@ -710,9 +710,9 @@ def sweep_from_dirs(*, pairs_dir: str, link_dir: str, generator_dir: str, classi
     raise ValueError(f"range_from must be 'samples' or 'pairs', got {range_from!r}")
   link_params, link_meta = link.load(link_dir)
   pipeline = model_pipeline(
-      link_params, checkpoint.load(generator_dir, expected_arch="stylegan_xl"),
-      checkpoint.load(classifier_dir, expected_arch="resnet"),
-      checkpoint.load(segmenter_dir, expected_arch="segmenter"))
+      link_params, checkpoint.load(generator_dir, role="generator"),
+      checkpoint.load(classifier_dir, role="classifier"),
+      checkpoint.load(segmenter_dir, role="segmenter"))
   pipeline = dataclasses.replace(pipeline, info={
       **pipeline.info, "link": str(pathlib.Path(link_dir).resolve()),
       "generator": str(pathlib.Path(generator_dir).resolve()),

@@ -50,7 +50,7 @@ def _outputs(model: resnet.ResNet) -> np.ndarray:
 
 def test_round_trip_identical(saved):
   path, model = saved
-  loaded = checkpoint.load(path, expected_arch="resnet")
+  loaded = checkpoint.load(path, role="classifier")
   assert isinstance(loaded, resnet.ResNet)
   assert loaded.config == TINY
   assert isinstance(loaded.config.stage_sizes, tuple)
@@ -63,8 +63,8 @@ def test_round_trip_identical(saved):
 def test_wrong_architecture(saved):
   path, _ = saved
   assert checkpoint.read_config(path)[0] == "resnet"
-  with pytest.raises(checkpoint.CheckpointError, match="stylegan_xl"):
-    checkpoint.load(path, expected_arch="stylegan_xl")
+  with pytest.raises(checkpoint.CheckpointError, match="expected a generator"):
+    checkpoint.load(path, role="generator")
 
 
 # A failed orbax restore can leave an asyncio callback that fires after its loop closed; that
@@ -96,3 +96,49 @@ def test_damaged_checkpoint(saved, tmp_path, damage):
 def test_missing_directory(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
     checkpoint.load(tmp_path / "nothing")
+
+
+def test_save_refuses_a_folder_that_is_not_a_checkpoint(saved, tmp_path):
+  _, model = saved
+  out = tmp_path / "mine"
+  out.mkdir()
+  (out / "thesis.txt").write_text("years of work")
+  with pytest.raises(checkpoint.CheckpointError, match="not a linkjax checkpoint"):
+    checkpoint.save(out, model)
+  assert (out / "thesis.txt").read_text() == "years of work"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary left behind
+  # A checkpoint with a stray user file is not replaced either.
+  ckpt = tmp_path / "ckpt"
+  checkpoint.save(ckpt, model)
+  (ckpt / "notes.txt").write_text("keep")
+  with pytest.raises(checkpoint.CheckpointError, match="notes.txt"):
+    checkpoint.save(ckpt, model)
+  assert (ckpt / "notes.txt").exists()
+
+
+def test_save_replaces_a_checkpoint_of_the_same_kind_only(saved, tmp_path):
+  _, model = saved
+  ckpt = tmp_path / "ckpt"
+  checkpoint.save(ckpt, model)
+  (ckpt / "metrics.json").write_text("{}")
+  checkpoint.save(ckpt, model)  # same kind: replaced whole
+  assert not (ckpt / "metrics.json").exists()
+  np.testing.assert_array_equal(_outputs(checkpoint.load(ckpt)), _outputs(model))
+  tree = tmp_path / "tree"
+  checkpoint.save_tree(tree, {"a": np.zeros(3, np.float32)}, {"x": 1}, kind="link")
+  with pytest.raises(checkpoint.CheckpointError, match="kind 'link'"):
+    checkpoint.save(tree, model)
+  assert checkpoint.load_tree(tree, "link")[1] == {"x": 1}
+
+
+def test_flipped_bytes_are_detected(saved, tmp_path):
+  src, _ = saved
+  path = tmp_path / "ckpt"
+  shutil.copytree(src, path)
+  data = max((p for p in (path / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  mid = len(raw) // 2
+  raw[mid:mid + 64] = bytes(b ^ 0x5A for b in raw[mid:mid + 64])
+  data.write_bytes(bytes(raw))
+  with pytest.raises(checkpoint.CheckpointError, match="does not match the hash"):
+    checkpoint.load(path)

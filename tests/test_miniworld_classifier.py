@@ -52,7 +52,7 @@ def test_train_updates_batch_stats_and_saves(tmp_path):
   lines = []
   metrics = tc.train_and_save(config, tmp_path / "clf", seed=0, log_fn=lines.append)
   assert len(lines) >= 4 and 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 16
-  model = checkpoint.load(tmp_path / "clf", expected_arch="resnet")
+  model = checkpoint.load(tmp_path / "clf", role="classifier")
   assert model.config.num_classes == 5 and model.config.resize is None
   # Training-mode BatchNorm moved the running statistics away from their init (0, 1).
   assert float(jnp.abs(model.bn1.mean[...]).max()) > 1e-3

@@ -23,7 +23,7 @@ WEIGHTS = pathlib.Path(tg.__file__).parent / "weights" / "generator"
 def shipped():
   if not (WEIGHTS / "config.json").exists():
     pytest.skip("generator weights not shipped in this checkout")
-  return checkpoint.load(WEIGHTS, expected_arch="stylegan_xl")
+  return checkpoint.load(WEIGHTS, role="generator")
 
 
 def test_shipped_generator_matches_renders(shipped):

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from linkjax import checkpoint, preprocess
+from linkjax import checkpoint, classifier, preprocess
 from linkjax.models import resnet
 from ports import torch_pickle
 from ports import torchvision as tv
@@ -72,9 +72,13 @@ def test_fixture_parity_from_uint8(fixture_model):
   assert float(jnp.min(acts["r"])) >= 0.0
   np.testing.assert_allclose(np.asarray(model.head(acts["r"])), np.asarray(logits),
                              rtol=1e-5, atol=1e-5)
+  # Classifier contract: r_2d is the last stage, and head(to_r(r_2d)) gives the logits.
+  np.testing.assert_array_equal(np.asarray(acts["r_2d"]), np.asarray(acts["layer4"]))
+  np.testing.assert_allclose(np.asarray(model.head(model.to_r(acts["r_2d"]))),
+                             np.asarray(logits), rtol=1e-5, atol=1e-5)
 
   # The jitted end-to-end helper gives the same numbers plus probs/pred.
-  out = resnet.classify(graphdef, state, jnp.asarray(ref["img_uint8"]), resize=256, crop=224)
+  out = classifier.classify(graphdef, state, jnp.asarray(ref["img_uint8"]))
   assert _rel_err(out["logits"], ref["logits"]) <= 1e-4
   np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(np.asarray(out["pred"]), ref["logits"].argmax(-1))
@@ -328,16 +332,16 @@ def test_classify_no_retrace_and_batching():
   model = tv.convert_state_dict(_fake_state_dict(TINY_BASIC), TINY_BASIC)
   imgs = np.random.default_rng(0).integers(0, 256, (5, 60, 50, 3), dtype=np.uint8)
   graphdef, state = nnx.split(model)
-  full = resnet.classify(graphdef, state, jnp.asarray(imgs[:2]), resize=40, crop=32)
-  size = resnet.classify._cache_size()
+  full = classifier.classify(graphdef, state, jnp.asarray(imgs[:2]))
+  size = classifier.classify._cache_size()
   # Same shapes, a freshly split state of the same model: no new compilation.
   graphdef2, state2 = nnx.split(model)
-  again = resnet.classify(graphdef2, state2, jnp.asarray(imgs[2:4]), resize=40, crop=32)
-  assert resnet.classify._cache_size() == size
+  again = classifier.classify(graphdef2, state2, jnp.asarray(imgs[2:4]))
+  assert classifier.classify._cache_size() == size
   assert again["logits"].shape == full["logits"].shape == (2, 5)
   # Batching with padding: one compilation for 5 images in batches of 2, same numbers.
-  out = resnet.classify_batches(model, imgs, batch=2)
-  assert resnet.classify._cache_size() == size
+  out = classifier.classify_batches(model, imgs, batch=2)
+  assert classifier.classify._cache_size() == size
   np.testing.assert_allclose(out["logits"][:2], np.asarray(full["logits"]), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out["logits"][2:4], np.asarray(again["logits"]), rtol=1e-5,
                              atol=1e-6)

@@ -98,7 +98,7 @@ def test_segmenter_applies_its_stored_margins(tmp_path):
   assert model.config.feature_margins == (2, 0)
   np.testing.assert_allclose(np.asarray(model(maps)), np.asarray(model.head(feats)), atol=1e-6)
   checkpoint.save(tmp_path / "s", model)
-  loaded = checkpoint.load(tmp_path / "s", expected_arch="segmenter")
+  loaded = checkpoint.load(tmp_path / "s", role="segmenter")
   assert loaded.config.feature_margins == (2, 0)
   np.testing.assert_allclose(np.asarray(loaded(maps)), np.asarray(model(maps)), atol=1e-6)
 
@@ -230,7 +230,7 @@ def test_training_learns_linearly_encoded_masks(tmp_path):
 
   # checkpoint round trip
   checkpoint.save(tmp_path / "seg", model)
-  loaded = checkpoint.load(tmp_path / "seg", expected_arch="segmenter")
+  loaded = checkpoint.load(tmp_path / "seg", role="segmenter")
   assert loaded.config == model.config
   np.testing.assert_array_equal(np.asarray(loaded.head(jnp.asarray(feats))),
                                 np.asarray(model.head(jnp.asarray(feats))))
@@ -325,7 +325,7 @@ def test_end_to_end_with_converted_fixture(fixtures_dir, tmp_path):
   subprocess.run([sys.executable, "-m", "experiments.train_segmenter", *common,
                   f"--masks={tmp_path}", "--labels=background,a,b,c", f"--out={seg_dir}",
                   "--epochs=1", "--resolution=32", "--batch=2"], check=True)
-  loaded = checkpoint.load(seg_dir, expected_arch="segmenter")
+  loaded = checkpoint.load(seg_dir, role="segmenter")
   assert loaded.config.feature_layers == layers and loaded.config.n_labels == 4
   assert loaded.config.in_channels == expected.shape[-1]
   subprocess.run([sys.executable, "-m", "experiments.segment", *common,

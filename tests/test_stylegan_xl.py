@@ -128,7 +128,7 @@ def test_config_json_round_trip():
 
 def test_checkpoint_round_trip_and_no_retrace(fixture, ckpt_dir):
   model, ref = fixture
-  loaded = checkpoint.load(ckpt_dir, expected_arch="stylegan_xl")
+  loaded = checkpoint.load(ckpt_dir, role="generator")
   assert loaded.config == model.config
   traces = []
 

@@ -198,8 +198,8 @@ def tiny_world(tmp_path_factory):
 def test_end_to_end_tiny_models(tiny_world, tmp_path):
   """The sweep binary on the converted fixture generator, a tiny ResNet, segmenter and OLS link,
   checked against an independent per-image recomputation."""
-  from linkjax import checkpoint, link, pairs, quantify  # noqa: PLC0415
-  from linkjax.models import resnet, segmenter, stylegan_xl  # noqa: PLC0415
+  from linkjax import checkpoint, classifier, link, pairs, quantify  # noqa: PLC0415
+  from linkjax.models import segmenter, stylegan_xl  # noqa: PLC0415
   w = tiny_world
   out = tmp_path / "sweep"
   cmd = [sys.executable, "-m", "experiments.sweep_units", f"--pairs={w['pairs']}",
@@ -228,8 +228,7 @@ def test_end_to_end_tiny_models(tiny_world, tmp_path):
   ws = stylegan_xl.broadcast_w(link.predict(params, jnp.asarray(rs)), gen.config.num_ws)
   masks, images = segmenter.segment_ws(gen, seg, np.asarray(ws), batch_size=2)
   c_def, c_state = nnx.split(clf)
-  probs = resnet.classify(c_def, c_state, jnp.asarray(images), resize=clf.config.resize,
-                          crop=clf.config.crop)["probs"]
+  probs = classifier.classify(c_def, c_state, jnp.asarray(images))["probs"]
   metrics = quantify.part_metrics(jnp.asarray(images, jnp.float32) / 255.0, jnp.asarray(masks), 4)
   cls = list(res["classes"])
   col = cls.index(res["class_idx"][0])

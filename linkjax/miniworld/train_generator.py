@@ -413,7 +413,7 @@ def train_generator(key: jax.Array, *, steps: int, batch: int, lr: float,
       log(f"time limit reached at step {step}")
       break
   if work is not None and (work / "best").exists():
-    model = checkpoint.load(work / "best", expected_arch="stylegan_xl")
+    model = checkpoint.load(work / "best", role="generator")
   else:
     model = nnx.merge(graphdef, params, rest)
   compute_w_avg(model, k_wavg)

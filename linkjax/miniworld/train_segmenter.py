@@ -178,7 +178,7 @@ def train_and_save(generator_dir: str | pathlib.Path, out_dir: str | pathlib.Pat
   Returns:
     the metrics dict.
   """
-  generator = checkpoint.load(generator_dir, expected_arch="stylegan_xl")
+  generator = checkpoint.load(generator_dir, role="generator")
   model, metrics = train(generator, config, key=jax.random.key(seed), log_fn=log_fn)
   out_dir = pathlib.Path(out_dir)
   checkpoint.save(out_dir, model)

@@ -14,15 +14,10 @@ whose asymmetric padding differs for even inputs), stride on the 3×3 conv of th
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-
-from linkjax import preprocess
 
 # depth -> (block type, blocks per stage), as torchvision's resnet18 ... resnet152.
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -33,6 +28,7 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 EXPANSION = {"basic": 1, "bottleneck": 4}
+R_LAYERS = ("original", "penultimate")
 BN_EPS = 1e-5
 
 
@@ -50,6 +46,9 @@ class ResNetConfig:
     block: 'basic' or 'bottleneck', overriding the depth table.
     resize: shorter-side resize of the classifier's input transform (None: no resize).
     crop: centre crop size of the input transform (None: no crop).
+    r_layer: the representation layer R: 'original' (the reference's: the output of all
+      children but `fc`) or 'penultimate' (the input of the last linear layer). For a ResNet
+      both are the globally average-pooled last stage.
   """
   depth: int = 50
   width: int = 64
@@ -58,8 +57,11 @@ class ResNetConfig:
   block: str | None = None
   resize: int | None = 256
   crop: int | None = 224
+  r_layer: str = "original"
 
   def __post_init__(self):
+    if self.r_layer not in R_LAYERS:
+      raise ValueError(f"r_layer must be one of {R_LAYERS}, got {self.r_layer!r}")
     if (self.stage_sizes is None or self.block is None) and self.depth not in DEPTHS:
       raise ValueError(f"depth {self.depth} is not one of {sorted(DEPTHS)}; give stage_sizes "
                        "and block for other layouts")
@@ -168,6 +170,10 @@ class ResNet(nnx.Module):
       setattr(self, f"layer{i + 1}", nnx.List(blocks))
     self.fc = nnx.Linear(cin, config.num_classes, rngs=rngs)
 
+  def to_r(self, r_2d: jax.Array) -> jax.Array:
+    """R from the last stage's map: global average pooling. r_2d: [B, h, w, C] -> [B, C]."""
+    return jnp.mean(r_2d, axis=(1, 2))
+
   def head(self, r: jax.Array) -> jax.Array:
     """Final linear layer. r: [B, C] -> logits [B, num_classes]."""
     return self.fc(r)
@@ -180,7 +186,8 @@ class ResNet(nnx.Module):
 
     Returns:
       logits [B, num_classes] and acts: 'stem' [B, H/4, W/4, width], 'layer1'..'layer4'
-      (NHWC), 'r' [B, num_features] (global average pool of layer4, non-negative).
+      (NHWC), 'r_2d' (= 'layer4'), 'r' [B, num_features] (global average pool of layer4,
+      non-negative).
     """
     acts = {}
     y = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -190,66 +197,7 @@ class ResNet(nnx.Module):
       for block in getattr(self, f"layer{i}"):
         y = block(y)
       acts[f"layer{i}"] = y
-    r = jnp.mean(y, axis=(1, 2))
+    acts["r_2d"] = y
+    r = self.to_r(y)
     acts["r"] = r
     return self.head(r), acts
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "resize", "crop"))
-def classify(graphdef: nnx.GraphDef, state: nnx.State, images_uint8: jax.Array,
-             resize: int | None = 256, crop: int | None = 224) -> dict[str, jax.Array]:
-  """The exact classifier input path plus forward pass, jit-compiled.
-
-  Args:
-    graphdef, state: `nnx.split(resnet)`.
-    images_uint8: [B, H, W, 3] uint8 images.
-    resize, crop: the eval transform's geometry (usually `config.resize`, `config.crop`).
-
-  Returns:
-    dict with 'r' [B, C], 'logits' [B, K], 'probs' [B, K] (softmax) and 'pred' [B] int32.
-  """
-  model = nnx.merge(graphdef, state)
-  x = preprocess.classifier_input(images_uint8, resize=resize, crop=crop)
-  logits, acts = model(x)
-  return {"r": acts["r"], "logits": logits, "probs": jax.nn.softmax(logits, axis=-1),
-          "pred": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
-
-
-def classify_batches(model: ResNet, images_uint8: Any, batch: int = 32,
-                     log_fn: Any = None) -> dict[str, Any]:
-  """Runs `classify` over a large uint8 array in fixed-size batches (one compilation).
-
-  The last batch is zero-padded to `batch` rows (or N, if smaller) so every call has the
-  same shape.
-
-  Args:
-    model: a ResNet whose config gives resize/crop.
-    images_uint8: [N, H, W, 3] uint8 (numpy).
-    batch: rows per call.
-    log_fn: optional callable(done, total) for progress reporting.
-
-  Returns:
-    dict of numpy arrays: 'r' [N, C], 'logits' [N, K], 'probs' [N, K], 'pred' [N] int32.
-  """
-  images_uint8 = np.asarray(images_uint8)
-  preprocess.check_uint8_images(images_uint8)
-  if batch < 1:
-    raise ValueError(f"batch must be >= 1, got {batch}")
-  n = images_uint8.shape[0]
-  if n == 0:
-    raise ValueError("no images to classify")
-  batch = min(batch, n)  # no padding work beyond the data for small inputs
-  graphdef, state = nnx.split(model)
-  outs: dict[str, list[Any]] = {}
-  for start in range(0, n, batch):
-    chunk = images_uint8[start:start + batch]
-    m = chunk.shape[0]
-    if m < batch:
-      chunk = np.concatenate([chunk, np.zeros((batch - m,) + chunk.shape[1:], np.uint8)])
-    res = classify(graphdef, state, jnp.asarray(chunk), resize=model.config.resize,
-                   crop=model.config.crop)
-    for k, v in res.items():
-      outs.setdefault(k, []).append(np.asarray(v)[:m])
-    if log_fn is not None:
-      log_fn(start + m, n)
-  return {k: np.concatenate(v) for k, v in outs.items()}
