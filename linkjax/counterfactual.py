@@ -62,6 +62,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from linkjax import quantify
+
 Array = jax.Array
 Params = Any
 
@@ -888,9 +890,6 @@ def plot_probability(path: pathlib.Path, a: PairAnalysis, orig: int, target: int
   plt.close(fig)
 
 
-METRIC_NAMES = ("area", "luminance", "entropy", "eccentricity", "angle")
-
-
 def plot_metrics(path: pathlib.Path, a: PairAnalysis, label_names: tuple[str, ...] = ()) -> None:
   """Image distances and (if available) part metrics along the path, boundary marked."""
   import matplotlib
@@ -898,7 +897,7 @@ def plot_metrics(path: pathlib.Path, a: PairAnalysis, label_names: tuple[str, ..
   import matplotlib.pyplot as plt
   panels = [(k, v) for k, v in a.distances.items()]
   if a.part_metrics is not None:
-    panels += [(m, a.part_metrics[:, :, j]) for j, m in enumerate(METRIC_NAMES)]
+    panels += [(m, a.part_metrics[:, :, j]) for j, m in enumerate(quantify.METRIC_NAMES)]
   fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
   for ax, (name, v) in zip(axes[0], panels):
     if v.ndim == 1:
@@ -944,7 +943,7 @@ def write_pair_csv(path: pathlib.Path, a: PairAnalysis, orig: int, target: int,
     n_parts = a.part_metrics.shape[1]
     names = (list(label_names[1:]) if len(label_names) == n_parts + 1
              else [f"part{l + 1}" for l in range(n_parts)])
-    header += [f"{p}_{m}" for p in names for m in METRIC_NAMES]
+    header += [f"{p}_{m}" for p in names for m in quantify.METRIC_NAMES]
   with open(path, "w", newline="") as f:
     wr = csv.writer(f)
     wr.writerow(header)

@@ -6,7 +6,7 @@ replacement: the reference fitted an ellipse to each external contour with OpenC
 here eccentricity and angle come from the mask's second-order central moments, with
 scikit-image `regionprops` conventions (one region per label, all its pixels together).
 
-Metric order (last axis of `part_metrics`): `METRIC_NAMES`
+Metrics (`METRICS`, in the order of the last axis of `part_metrics`):
   area        pixel count of the label.
   luminance   mean of 0.299 R + 0.587 G + 0.114 B inside the mask, 0-1 scale.
   entropy     mean inside the mask of the local Shannon entropy (bits) of
@@ -20,19 +20,23 @@ Empty labels (area 0) get area 0 and NaN for the four other metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-METRIC_NAMES: tuple[str, ...] = ("area", "luminance", "entropy", "eccentricity", "angle")
-PART_NAMES: tuple[str, ...] = ("leg", "body", "tail", "tongue", "eye", "nose", "snout", "ear",
-                               "head")
-
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as in the reference's luminance
 _GRAY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray weights, as in the reference's entropy
 _N_GREY = 256
+ENTROPY_RADIUS = 5  # disk radius of the local entropy, as the reference's disk(5)
+
+# The reference's dog part labels (label 0 is the background), also the miniworld's.
+DOG_LABELS: tuple[str, ...] = ("background", "leg", "body", "tail", "tongue", "eye", "nose",
+                               "snout", "ear", "head")
 
 
 def disk_half_widths(radius: int) -> tuple[int, ...]:
@@ -93,57 +97,106 @@ def local_entropy(grey: jax.Array, radius: int = 5) -> jax.Array:
   return jnp.log2(n) - c_log_c / n
 
 
-def _image_metrics(image: jax.Array, mask: jax.Array, labels: jax.Array,
-                   radius: int) -> jax.Array:
-  """Metrics of one image; image [H, W, 3], mask [H, W] int32, labels [L] -> [L, 5]."""
-  h, w = mask.shape
-  image = image.astype(jnp.float32)
-  m = (mask[None, :, :] == labels[:, None, None]).astype(jnp.float32)  # [L, H, W]
-  area = jnp.sum(m, axis=(1, 2))
-  nonempty = area > 0
-  denom = jnp.where(nonempty, area, 1.0)
+class PartMasks(NamedTuple):
+  """One image and its per-label masks: what every metric is computed from.
 
-  def masked_mean(x):  # x: [H, W] or [L, H, W]
-    return jnp.sum(m * x, axis=(1, 2)) / denom
+  Attributes:
+    image: [H, W, 3] float32 in [0, 1].
+    masks: [L, H, W] float32 0/1 indicator of each reported label.
+    area: [L] pixel counts.
+  """
+  image: jax.Array
+  masks: jax.Array
+  area: jax.Array
 
-  luminance = masked_mean(image @ jnp.asarray(_LUMA, jnp.float32))
-  entropy = masked_mean(local_entropy(to_grey_uint8(image), radius))
+  def mean(self, x: jax.Array) -> jax.Array:
+    """Mean of x ([H, W] or [L, H, W]) inside each label's mask: [L] (0 for empty labels)."""
+    return jnp.sum(self.masks * x, axis=(1, 2)) / jnp.where(self.area > 0, self.area, 1.0)
 
+
+def _area(p: PartMasks) -> jax.Array:
+  return p.area
+
+
+def _luminance(p: PartMasks) -> jax.Array:
+  return p.mean(p.image @ jnp.asarray(_LUMA, jnp.float32))
+
+
+def _entropy(p: PartMasks) -> jax.Array:
+  return p.mean(local_entropy(to_grey_uint8(p.image), ENTROPY_RADIUS))
+
+
+def _inertia(p: PartMasks) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """skimage's inertia tensor [[a, b], [b, c]] of each label: (a, b, c), each [L]."""
+  h, w = p.masks.shape[1:]
   # Two-pass central moments (means first) keep float32 accurate for 128x128 masks.
   rows = jnp.arange(h, dtype=jnp.float32)[None, :, None]
   cols = jnp.arange(w, dtype=jnp.float32)[None, None, :]
-  mean_r = masked_mean(rows)
-  mean_c = masked_mean(cols)
-  dr = rows - mean_r[:, None, None]
-  dc = cols - mean_c[:, None, None]
-  mu20 = masked_mean(dr * dr)  # row variance
-  mu02 = masked_mean(dc * dc)  # column variance
-  mu11 = masked_mean(dr * dc)
-  # skimage inertia tensor [[a, b], [b, c]] = [[mu02, -mu11], [-mu11, mu20]] / mu00.
-  a, b, c = mu02, -mu11, mu20
+  dr = rows - p.mean(rows)[:, None, None]
+  dc = cols - p.mean(cols)[:, None, None]
+  mu20, mu02, mu11 = p.mean(dr * dr), p.mean(dc * dc), p.mean(dr * dc)
+  return mu02, -mu11, mu20
+
+
+def _eccentricity(p: PartMasks) -> jax.Array:
+  a, b, c = _inertia(p)
   half_tr = 0.5 * (a + c)
   disc = jnp.sqrt(0.25 * (a - c) ** 2 + b * b)
   l1 = jnp.maximum(half_tr + disc, 0.0)
   l2 = jnp.maximum(half_tr - disc, 0.0)
-  ecc = jnp.where(l1 > 0, jnp.sqrt(jnp.clip(1.0 - l2 / jnp.where(l1 > 0, l1, 1.0), 0.0, 1.0)),
-                  0.0)
+  return jnp.where(l1 > 0, jnp.sqrt(jnp.clip(1.0 - l2 / jnp.where(l1 > 0, l1, 1.0), 0.0, 1.0)),
+                   0.0)
+
+
+def _angle(p: PartMasks) -> jax.Array:
+  a, b, c = _inertia(p)
   # skimage tests `a - c == 0` exactly in float64; in float32 symmetric shapes give a - c at
   # rounding level, so equality (and the sign of b) is judged relative to the trace.
   tol = jnp.float32(1e-6) * (a + c)
   orient = jnp.where(jnp.abs(a - c) <= tol,
                      jnp.where(b < -tol, jnp.float32(np.pi / 4), jnp.float32(-np.pi / 4)),
                      0.5 * jnp.arctan2(-2.0 * b, c - a))
-  angle = jnp.degrees(orient)
+  return jnp.degrees(orient)
 
-  nan = jnp.float32(jnp.nan)
-  rest = jnp.stack([luminance, entropy, ecc, angle], axis=-1)
-  rest = jnp.where(nonempty[:, None], rest, nan)
-  return jnp.concatenate([area[:, None], rest], axis=-1)
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """A part metric: its per-label value and how a change of it is measured.
+
+  Attributes:
+    fn: PartMasks -> [L] float32.
+    change: 'ratio' (relative to the start: area), 'difference', or 'axial' (a difference of
+      orientations in degrees, wrapped to [-90, 90)).
+  """
+  fn: Callable[[PartMasks], jax.Array]
+  change: str = "difference"
+
+
+# The metrics, in the order of the last axis of every metrics array.
+METRICS: dict[str, Metric] = {
+    "area": Metric(_area, change="ratio"),
+    "luminance": Metric(_luminance),
+    "entropy": Metric(_entropy),
+    "eccentricity": Metric(_eccentricity),
+    "angle": Metric(_angle, change="axial"),
+}
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+AREA = METRIC_NAMES.index("area")
+
+
+def _image_metrics(image: jax.Array, mask: jax.Array, labels: jax.Array) -> jax.Array:
+  """Metrics of one image; image [H, W, 3], mask [H, W] int32, labels [L] -> [L, M]."""
+  m = (mask[None, :, :] == labels[:, None, None]).astype(jnp.float32)  # [L, H, W]
+  parts = PartMasks(image=image.astype(jnp.float32), masks=m, area=jnp.sum(m, axis=(1, 2)))
+  values = jnp.stack([metric.fn(parts) for metric in METRICS.values()], axis=-1)
+  # Empty labels: area 0, every other metric NaN.
+  is_area = jnp.arange(len(METRICS)) == AREA
+  return jnp.where((parts.area > 0)[:, None] | is_area[None, :], values, jnp.float32(jnp.nan))
 
 
 def part_metrics(images: jax.Array, masks: jax.Array, n_labels: int = 10,
-                 ignore_background: bool = True, entropy_radius: int = 5) -> jax.Array:
-  """Per-label area, luminance, entropy, eccentricity and angle (degrees) of each image.
+                 ignore_background: bool = True) -> jax.Array:
+  """Every metric of `METRICS` for each label of each image.
 
   The ellipse comes from second-order central moments (scikit-image `regionprops`
   conventions), replacing the reference's OpenCV `fitEllipse` on contours.
@@ -153,43 +206,57 @@ def part_metrics(images: jax.Array, masks: jax.Array, n_labels: int = 10,
     masks: [B, H, W] int32 label index per pixel.
     n_labels: number of labels including background 0.
     ignore_background: if True report labels 1..n_labels-1, else 0..n_labels-1.
-    entropy_radius: disk radius of the local entropy.
   Returns:
-    [B, L, 5] float32 with L = n_labels - 1 (or n_labels), metrics in `METRIC_NAMES` order.
-    Empty labels: area 0, other metrics NaN.
+    [B, L, M] float32 with L = n_labels - 1 (or n_labels), M = len(METRICS) in `METRIC_NAMES`
+    order. Empty labels: area 0, other metrics NaN.
   """
   first = 1 if ignore_background else 0
   labels = jnp.arange(first, n_labels, dtype=jnp.int32)
-  return jax.vmap(lambda im, m: _image_metrics(im, m.astype(jnp.int32), labels,
-                                               entropy_radius))(images, masks)
+  return jax.vmap(lambda im, m: _image_metrics(im, m.astype(jnp.int32), labels))(images, masks)
+
+
+def relative_change(metrics: jax.Array, ref: jax.Array) -> jax.Array:
+  """Change of each metric from `ref`, by its `Metric.change` rule.
+
+  'ratio': metrics / max(ref, 1) - 1 (a part absent in `ref` is taken as 1 px so the value
+  stays finite); 'difference': metrics - ref; 'axial': the difference wrapped to [-90, 90)
+  degrees (orientations are axial: +90 and -90 are the same axis).
+
+  Args:
+    metrics: [..., M]; ref: broadcastable to it.
+  Returns:
+    [..., M] float32 (NaN where an endpoint is NaN).
+  """
+  metrics = metrics.astype(jnp.float32)
+  ref = jnp.broadcast_to(ref.astype(jnp.float32), metrics.shape)
+  cols = []
+  for j, metric in enumerate(METRICS.values()):
+    a, b = metrics[..., j], ref[..., j]
+    if metric.change == "ratio":
+      cols.append(a / jnp.maximum(b, 1.0) - 1.0)
+    elif metric.change == "axial":
+      cols.append(jnp.mod(a - b + 90.0, 180.0) - 90.0)
+    else:
+      cols.append(a - b)
+  return jnp.stack(cols, axis=-1)
 
 
 def sweep_changes(metrics: jax.Array, min_area: float = 20.0) -> jax.Array:
-  """Change of each part metric from the first to the last sweep step.
+  """Change of each part metric from the first to the last sweep step (`relative_change`).
 
-  Delta = last - first for luminance, entropy and eccentricity; area is relative to the first
-  step, area_last / max(area_first, 1) - 1 (a part absent at the first step is taken as 1 px so
-  the value stays finite). Angle differences are wrapped to [-90, 90) degrees because
-  orientations are axial (+90 and -90 are the same axis). A NaN endpoint (label empty at the
-  first or last step) gives Delta 0 for the non-area metrics. Labels whose mean area over the
-  steps is below `min_area` px get all-zero changes.
+  A NaN endpoint (label empty at the first or last step) gives change 0. Labels whose mean area
+  over the steps is below `min_area` px get all-zero changes.
 
   Args:
-    metrics: [..., steps, L, 5] from `part_metrics`.
+    metrics: [..., steps, L, M] from `part_metrics`.
     min_area: minimum mean area (px) for a label to count.
   Returns:
-    [..., L, 5] float32, finite.
+    [..., L, M] float32, finite.
   """
   metrics = metrics.astype(jnp.float32)
-  first = metrics[..., 0, :, :]
-  last = metrics[..., -1, :, :]
-  delta = last - first
-  area_change = last[..., 0] / jnp.maximum(first[..., 0], 1.0) - 1.0
-  angle_change = jnp.mod(delta[..., 4] + 90.0, 180.0) - 90.0
-  delta = jnp.concatenate([area_change[..., None], delta[..., 1:4], angle_change[..., None]],
-                          axis=-1)
+  delta = relative_change(metrics[..., -1, :, :], metrics[..., 0, :, :])
   delta = jnp.where(jnp.isnan(delta), 0.0, delta)
-  big_enough = jnp.mean(metrics[..., 0], axis=-2) >= min_area  # [..., L]
+  big_enough = jnp.mean(metrics[..., AREA], axis=-2) >= min_area  # [..., L]
   return jnp.where(big_enough[..., None], delta, 0.0)
 
 
@@ -223,11 +290,11 @@ def label_sparsity(changes: jax.Array) -> dict[str, jax.Array]:
   luminance, bits, eccentricity, degrees) exactly as the 45-vector is defined.
 
   Args:
-    changes: [..., S, L, 5] from `sweep_changes` for S samples.
+    changes: [..., S, L, M] from `sweep_changes` for S samples.
   Returns:
-    dict with 'per_metric' [..., 5] (k = L labels per metric) and 'overall' [...] (k = 5 L).
+    dict with 'per_metric' [..., M] (k = L labels per metric) and 'overall' [...] (k = M L).
   """
-  med = jnp.median(jnp.abs(changes.astype(jnp.float32)), axis=-3)  # [..., L, 5]
+  med = jnp.median(jnp.abs(changes.astype(jnp.float32)), axis=-3)  # [..., L, M]
   return {
       "per_metric": hoyer(med, axis=-2),
       "overall": hoyer(med.reshape(*med.shape[:-2], -1), axis=-1),

@@ -578,7 +578,7 @@ def run_sweep(out_dir: str | os.PathLike, pipeline: SweepPipeline, r_samples: An
     flat_res = {k: np.concatenate([sh[k] for sh in shards]) for k in shards[0]}
     n_l = flat_res["metrics"].shape[-2]
     result = {
-        "metrics": flat_res["metrics"].reshape(n_s, n_u, steps, n_l, 5),
+        "metrics": flat_res["metrics"].reshape(n_s, n_u, steps, n_l, len(quantify.METRICS)),
         "probs": flat_res["probs"].reshape(n_s, n_u, steps, len(classes)),
         "pred": flat_res["pred"].reshape(n_s, n_u, steps),
         "base_metrics": base["metrics"], "base_probs": base["probs"], "base_pred": base["pred"],

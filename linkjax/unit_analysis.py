@@ -221,8 +221,8 @@ def label_names_of(sweep_dir: str | os.PathLike, n_labels: int) -> list[str]:
     names = json.loads(run.read_text()).get("pipeline", {}).get("label_names") or []
     if len(names) == n_labels + 1:
       return list(names[1:])
-  if n_labels == len(quantify.PART_NAMES):
-    return list(quantify.PART_NAMES)
+  if n_labels == len(quantify.DOG_LABELS) - 1:
+    return list(quantify.DOG_LABELS[1:])
   return [f"label{i + 1}" for i in range(n_labels)]
 
 

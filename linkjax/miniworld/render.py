@@ -29,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from linkjax import quantify
+
 SIZE = 64
-PART_NAMES = ("background", "leg", "body", "tail", "tongue", "eye", "nose", "snout", "ear", "head")
+PART_NAMES = quantify.DOG_LABELS
 # Painted back to front: the mask of a pixel is the last part in this order that covers it.
 PAINT_ORDER = ("leg", "tail", "body", "head", "ear", "snout", "nose", "eye", "tongue")
 CLASS_NAMES = ("bramble terrier", "dune lurcher", "dotted bruiser", "slate mastiff",
