@@ -7,7 +7,7 @@ Both run on the same tiny models (a tiny ResNet, the converted StyleGAN-XL fixtu
 random tiny generator if the fixture is absent, and an OLS link fitted on 256 generated pairs), the
 same (sample, target) pairs, the same initial shifts and hyper-parameters:
 
-- batched: `linkjax.counterfactual.search`, all pairs in one compiled while-loop, in both check modes
+- batched: `linkjax.counterfactual.descent`, all pairs in one compiled while-loop, in both check modes
   ('window': all iterates of each --check_every window rendered in one batch, exact; 'last': only the
   window's last iterate, flip located inside the window);
 - reference: `linkjax.counterfactual.reference_search`, one pair at a time, a Python loop of a jitted
@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linkjax import checkpoint, counterfactual as cf, link, pairs
+from linkjax import bundle, checkpoint, pairs, testing
+from linkjax import counterfactual as cf
+from ports import stylegan_xl as port
 
 _WORLD = flags.DEFINE_string("world", "/tmp/cf_speed_world", "Directory of the tiny world (built if "
                              "missing: models, pairs, link).")
@@ -49,10 +51,9 @@ def _world(path: pathlib.Path) -> dict:
   if not (path / "pairs" / pairs.PAIRS_FILE).exists():
     gen_dir = None
     if pathlib.Path(_FIXTURE.value).exists():
-      from ports import stylegan_xl as port
       gen_dir = path / "generator_fixture"
       checkpoint.save(gen_dir, port.convert_network_pickle(_FIXTURE.value))
-    cf.build_tiny_world(path, seed=0, n_pairs=256, generator_dir=gen_dir)
+    testing.build_tiny_world(path, seed=0, n_pairs=256, generator_dir=gen_dir)
   return {k: str(path / k) for k in ("classifier", "generator", "link", "pairs")}
 
 
@@ -73,10 +74,8 @@ def main(argv):
   n = r.shape[0]
   shift0 = cf.initial_shift(jax.random.key(_SEED.value), n, r.shape[1])
 
-  fns, params = cf.model_fns(checkpoint.load(world["classifier"], role="classifier"),
-                             checkpoint.load(world["generator"], role="generator"),
-                             link.load(world["link"])[0])
-  sfns = fns.search_fns()
+  sfns, params = bundle.ModelBundle.load(classifier=world["classifier"],
+                                         generator=world["generator"], link=world["link"])
   cfg = cf.SearchConfig(max_steps=_MAX_STEPS.value, check_every=_CHECK_EVERY.value,
                         learning_rate=_LR.value)
   modes = ("window", "last")

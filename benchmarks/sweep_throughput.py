@@ -36,7 +36,8 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
-from linkjax import classifier, quantify, sweep
+from linkjax import bundle, checkpoint, classifier, jobs, link, preprocess, quantify, sweep, testing
+from linkjax.models import resnet, segmenter, stylegan_xl
 
 _SAMPLES = flags.DEFINE_integer("samples", 4, "Base samples.")
 _UNITS = flags.DEFINE_integer("units", 16, "Units swept.")
@@ -52,24 +53,20 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repetitions (best is report
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of weights and activations.")
 
 
-def build_pipeline(seed: int) -> tuple[sweep.SweepPipeline, int]:
-  """Random small models as a `SweepPipeline`; returns (pipeline, R)."""
-  from linkjax import checkpoint  # noqa: PLC0415
-  from linkjax import counterfactual as cf  # noqa: PLC0415  (its host-side random init)
-  from linkjax.models import resnet, segmenter, stylegan_xl  # noqa: PLC0415
+def build_models(seed: int):
+  """Random small models as a bundle with a random linear link; returns (models, params, R)."""
   if _GENERATOR.value:
     gen = checkpoint.load(_GENERATOR.value, role="generator")
   else:
     gen = stylegan_xl.StyleGANXL(stylegan_xl.tiny_config(_RESOLUTION.value), rngs=nnx.Rngs(seed))
-  clf = cf._random_module(resnet.ResNet, resnet.ResNetConfig(  # noqa: SLF001
-      depth=50, width=_RESNET_WIDTH.value, num_classes=1000, stage_sizes=(1, 1, 1, 1),
-      block="bottleneck", resize=72, crop=64), seed + 1)
+  clf = testing.random_module(resnet.ResNet, testing.tiny_resnet_config(1000, _RESNET_WIDTH.value),
+                              seed + 1)
   layers = segmenter.reference_feature_layers(gen.layer_names)
   g_def, g_state = nnx.split(gen)
   _, feats = jax.eval_shape(lambda s, w: nnx.merge(g_def, s).synthesis(
       stylegan_xl.broadcast_w(w, gen.config.num_ws), return_features=True),
       g_state, jax.ShapeDtypeStruct((1, gen.config.w_dim), jnp.float32))
-  seg = cf._random_module(segmenter.FewShotSegmenter, segmenter.SegmenterConfig(  # noqa: SLF001
+  seg = testing.random_module(segmenter.FewShotSegmenter, segmenter.SegmenterConfig(
       in_channels=sum(feats[n].shape[1] for n in layers), n_labels=10, feature_layers=layers,
       resolution=_SEG_RES.value), seed + 2)
   _DEFS.update(generator=g_def, classifier=nnx.graphdef(clf), segmenter=nnx.graphdef(seg),
@@ -79,7 +76,9 @@ def build_pipeline(seed: int) -> tuple[sweep.SweepPipeline, int]:
   link_params = {"kernel": (rng.standard_normal((r_dim, gen.config.w_dim)) /
                             np.sqrt(r_dim)).astype(np.float32),
                  "bias": rng.standard_normal(gen.config.w_dim).astype(np.float32)}
-  return sweep.model_pipeline(link_params, gen, clf, seg), r_dim
+  models, params = bundle.ModelBundle.from_models(generator=gen, classifier=clf, segmenter=seg,
+                                                  link=link_params)
+  return models, params, r_dim
 
 
 _DEFS = {}
@@ -107,7 +106,7 @@ def main(argv):
   del argv
   logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
       __name__)})
-  pipe, r_dim = build_pipeline(_SEED.value)
+  models, params, r_dim = build_models(_SEED.value)
   n_s, n_u, steps = _SAMPLES.value, _UNITS.value, _STEPS.value
   rng = np.random.default_rng(_SEED.value + 3)
   r = rng.gamma(1.0, 1.0, (n_s, r_dim)).astype(np.float32)
@@ -116,7 +115,7 @@ def main(argv):
   values = sweep.sweep_values(lo, hi, steps)
   classes = (0, 1, 2)
   total = n_s * n_u * steps
-  mesh = sweep.make_data_mesh()
+  mesh = jobs.data_mesh()
   n_dev = mesh.devices.size
   chunk = -(-_CHUNK.value // n_dev) * n_dev
   print(f"devices: {n_dev} x {jax.devices()[0].platform}; {n_s} samples x {n_u} units x "
@@ -124,9 +123,9 @@ def main(argv):
 
   # --- reference-style loop: one (sample, unit) per call, `steps` images per call.
   def ref_call(params, r_rows):
-    out = pipe.apply(params, r_rows)
+    out = models.sweep_outputs(params, r_rows)
     metrics = quantify.part_metrics(out["images"].astype(jnp.float32) / jnp.float32(255.0),
-                                    out["masks"], n_labels=pipe.n_labels)
+                                    out["masks"], n_labels=models.n_labels)
     return out["probs"][:, jnp.asarray(classes)], metrics
 
   ref_jit = jax.jit(ref_call)
@@ -136,12 +135,10 @@ def main(argv):
       for u in units:
         rows = np.repeat(r[s:s + 1], steps, axis=0)
         rows[:, u] = values[u]
-        probs, metrics = ref_jit(pipe.params, rows)
+        probs, metrics = ref_jit(params, rows)
         np.asarray(probs), np.asarray(metrics)  # the reference pulls results every call
 
   # --- reference-style loop: staged calls, host round trips, scikit-image metrics per image.
-  from linkjax import link, preprocess  # noqa: PLC0415
-  from linkjax.models import resnet, segmenter, stylegan_xl  # noqa: PLC0415
   g_def, c_def, s_def = _DEFS["generator"], _DEFS["classifier"], _DEFS["segmenter"]
   num_ws = _DEFS["num_ws"]
   link_jit = jax.jit(link.predict)
@@ -152,7 +149,7 @@ def main(argv):
   res = _SEG_RES.value
 
   def run_loop_ref():
-    p = pipe.params
+    p = params
     for s in range(n_s):
       for u in units:
         rows = np.repeat(r[s:s + 1], steps, axis=0)
@@ -165,10 +162,10 @@ def main(argv):
         small = np.asarray(preprocess.resize_uint8(u8, res)) if u8.shape[1] != res else u8
         del probs
         for i in range(steps):
-          _skimage_metrics(small[i], masks[i], pipe.n_labels)
+          _skimage_metrics(small[i], masks[i], models.n_labels)
 
   # --- batched: the sweep's compiled chunk function.
-  step_fn = sweep.make_step(pipe.apply, classes, pipe.n_labels, mesh)
+  step_fn = sweep.make_step(models, classes, mesh)
   r_dev, v_dev = jnp.asarray(r), jnp.asarray(values)
 
   def run_batched():
@@ -176,8 +173,8 @@ def main(argv):
     for a in range(0, total, chunk):
       flat = np.arange(a, min(a + chunk, total))
       s, u, k = sweep._triples(flat, n_u, steps, units)  # noqa: SLF001
-      o = step_fn(pipe.params, r_dev, v_dev, sweep._pad(s, chunk), sweep._pad(u, chunk),  # noqa
-                  sweep._pad(k, chunk))  # noqa: SLF001
+      o = step_fn(params, r_dev, v_dev, jobs.pad_rows(s, chunk), jobs.pad_rows(u, chunk),
+                  jobs.pad_rows(k, chunk))
       if pending is not None:
         jax.tree.map(np.asarray, pending)
       pending = o
@@ -185,7 +182,7 @@ def main(argv):
 
   def run_driver():
     with tempfile.TemporaryDirectory() as d:
-      sweep.run_sweep(d, pipe, r, np.zeros(n_s, np.int32), units=units, steps=steps,
+      sweep.run_sweep(d, models, params, r, np.zeros(n_s, np.int32), units=units, steps=steps,
                       chunk=chunk, lo=lo, hi=hi, classes=classes, mesh=mesh, log_every_s=1e9)
 
   results = {}

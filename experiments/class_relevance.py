@@ -9,9 +9,9 @@ exceeds --threshold. Writes delta_p_hist.png, relevant.png, correlation.png and 
 (delta_p, relevant_units, shared_units, intersections, correlation).
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from linkjax import sweep, unit_analysis
+from linkjax import cli, unit_analysis, unit_report
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep directory (experiments.sweep_units).",
                              required=True)
@@ -27,10 +27,10 @@ def main(argv):
   del argv
   logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
       __name__)})
-  rel = unit_analysis.relevance_report(sweep.load(_SWEEP.value), _OUT.value,
-                                       threshold=_THRESHOLD.value, mode=_DELTA.value)
-  logging.info("class-relevant units per class: %s", rel["counts"].tolist())
+  out = unit_report.run_relevance(_SWEEP.value, _OUT.value, threshold=_THRESHOLD.value,
+                                  mode=_DELTA.value)
+  logging.info("class-relevant units per class: %s", out["relevant_per_class"])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,7 +15,10 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
+from PIL import Image
+
+from linkjax import checkpoint, cli, files, sampling
 
 _GENERATOR = flags.DEFINE_string("generator", None, "Converted StyleGAN-XL checkpoint directory "
                                  "(python -m ports.stylegan_xl).")
@@ -31,19 +34,27 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (samples.npz, grid.png
 
 
 def parse_seeds(spec: str) -> list[int]:
-  """'0-3,7' -> [0, 1, 2, 3, 7] (ranges inclusive)."""
+  """'0-3,7' -> [0, 1, 2, 3, 7] (ranges inclusive); seeds must be in [0, 2**32)."""
   seeds: list[int] = []
   for part in spec.split(","):
     part = part.strip()
     if not part:
       continue
-    if "-" in part:
-      lo, hi = part.split("-", 1)
-      seeds.extend(range(int(lo), int(hi) + 1))
-    else:
-      seeds.append(int(part))
+    try:
+      if "-" in part:
+        lo, hi = part.split("-", 1)
+        if int(hi) < int(lo):
+          raise ValueError("empty range")
+        seeds.extend(range(int(lo), int(hi) + 1))
+      else:
+        seeds.append(int(part))
+    except ValueError as e:
+      raise ValueError(f"bad seed specification {part!r} in --seeds={spec!r}: {e}") from None
   if not seeds:
     raise ValueError(f"no seeds in {spec!r}")
+  bad = [s for s in seeds if not 0 <= s < 2**32]
+  if bad:
+    raise ValueError(f"seeds {bad[:5]} outside [0, 2**32) (numpy RandomState seeds)")
   return seeds
 
 
@@ -62,13 +73,10 @@ def run(generator_dir: str, out_dir: str, classes: list[int], seeds: list[int] |
         z: np.ndarray | None = None, psi: float = 0.7, cutoff: int | None = None,
         batch: int = 8) -> dict[str, np.ndarray]:
   """Loads the generator, draws the samples and writes samples.npz and grid.png."""
-  from linkjax import checkpoint  # noqa: PLC0415  (after flag parsing: fast --help)
-  from linkjax.models import stylegan_xl  # noqa: PLC0415
-
   model = checkpoint.load(generator_dir, role="generator")
   z_dim = model.config.z_dim
   if z is None:
-    zs = stylegan_xl.seed_latents(seeds, z_dim)
+    zs = sampling.seed_latents(seeds, z_dim)
     z = np.concatenate([zs] * len(classes))
     class_idx = np.repeat(np.asarray(classes, np.int32), len(seeds))
     seed_col = np.tile(np.asarray(seeds, np.int64), len(classes))
@@ -82,24 +90,27 @@ def run(generator_dir: str, out_dir: str, classes: list[int], seeds: list[int] |
     class_idx = np.broadcast_to(np.asarray(classes, np.int32), (z.shape[0],)).copy()
     seed_col = np.full((z.shape[0],), -1, np.int64)
     ncols = min(8, z.shape[0])
-  ws, images = stylegan_xl.generate(model, z, class_idx, psi=psi, cutoff=cutoff, batch_size=batch)
+  ws, images = sampling.generate(model, z, class_idx, psi=psi, cutoff=cutoff,
+                                 batch_size=batch)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   result = {"z": z, "class_idx": class_idx, "seeds": seed_col, "ws": ws, "images_uint8": images}
-  np.savez(out / "samples.npz", **result)
-  import matplotlib  # noqa: PLC0415
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-  plt.imsave(out / "grid.png", image_grid(images, ncols))
+  files.write_npz(out / "samples.npz", result)
+  grid = image_grid(images, ncols)
+  files.write_atomic(out / "grid.png", lambda f: Image.fromarray(grid).save(f, format="PNG"))
   return result
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   for name in ("generator", "classes", "seeds", "psi", "truncation_cutoff", "z", "batch", "out"):
     logging.info("--%s=%s", name, flags.FLAGS[name].value)
-  z = np.load(_Z.value) if _Z.value else None
+  z = None
+  if _Z.value:
+    try:
+      z = np.load(_Z.value, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"--z={_Z.value} is not a readable .npy array: {e}") from e
   res = run(_GENERATOR.value, _OUT.value, [int(c) for c in _CLASSES.value],
             seeds=None if z is not None else parse_seeds(_SEEDS.value), z=z, psi=_PSI.value,
             cutoff=_CUTOFF.value, batch=_BATCH.value)
@@ -108,4 +119,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["generator", "out"])
-  app.run(main)
+  cli.run(main)

@@ -3,16 +3,12 @@
   python -m experiments.miniworld_preview --out=/tmp/miniworld.png --per_class=8 --seed=0
 """
 
-from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
+from absl import flags, logging
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from linkjax import miniworld  # noqa: E402
+from linkjax import cli, figures, miniworld
 
 _OUT = flags.DEFINE_string("out", "miniworld_preview.png", "Output PNG path.")
 _PER_CLASS = flags.DEFINE_integer("per_class", 8, "Samples per breed (columns).")
@@ -46,16 +42,16 @@ def main(argv):
                _SEED.value, _SCALE.value)
   grid = preview_grid(jax.random.key(_SEED.value), _PER_CLASS.value, _SCALE.value)
   h, w = grid.shape[:2]
-  fig = plt.figure(figsize=(w / 100 + 1.6, h / 100), dpi=100)
+  fig = figures.figure(figsize=(w / 100 + 1.6, h / 100))
   ax = fig.add_axes((1.6 / (w / 100 + 1.6), 0, w / 100 / (w / 100 + 1.6), 1))
   ax.imshow(grid, interpolation="nearest")
   ax.set_xticks([])
   tile = 64 * _SCALE.value
   ax.set_yticks([(2 * c + 0.5) * tile for c in range(miniworld.NUM_CLASSES)])
   ax.set_yticklabels(miniworld.CLASS_NAMES)
-  fig.savefig(_OUT.value)
+  figures.save(fig, _OUT.value)
   logging.info("wrote %s", _OUT.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,11 +9,10 @@ overlay pairs).
 import pathlib
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from PIL import Image
 
-from linkjax import checkpoint
-from linkjax.models import segmenter
+from linkjax import bundle, cli, files, masks, sampling
 
 _GENERATOR = flags.DEFINE_string("generator", None, "Converted StyleGAN-XL checkpoint directory.",
                                  required=True)
@@ -31,24 +30,21 @@ def main(argv):
   del argv
   logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
       __name__)})
-  generator = checkpoint.load(_GENERATOR.value, role="generator")
-  seg = checkpoint.load(_SEGMENTER.value, role="segmenter")
-  with np.load(_SAMPLES.value) as f:
-    ws = np.asarray(f["ws"], np.float32)
-  masks, images = segmenter.segment_ws(generator, seg, ws, batch_size=_BATCH.value)
+  models, params = bundle.ModelBundle.load(generator=_GENERATOR.value, segmenter=_SEGMENTER.value)
+  g = models.generator_config
+  ws = sampling.read_ws(_SAMPLES.value, g.num_ws, g.w_dim)
+  mask_arr, images = masks.segment_ws(models, params, ws, batch_size=_BATCH.value)
   out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
-  np.savez(out / "masks.npz", masks=masks.astype(np.uint8),
-           label_names=np.asarray(seg.config.label_names, dtype=str))
-  k = min(_GRID_MAX.value, masks.shape[0])
-  grid = segmenter.overlay_grid(images[:k], masks[:k],
-                                seg.config.n_labels, cols=_GRID_COLS.value)
-  Image.fromarray(grid).save(out / "overlay.png")
-  counts = np.bincount(masks.ravel(), minlength=seg.config.n_labels)
-  logging.info("pixels per label: %s", dict(zip(seg.config.label_names or range(len(counts)),
-                                                 counts.tolist())))
+  files.write_npz(out / "masks.npz", {"masks": mask_arr.astype(np.uint8),
+                                      "label_names": np.asarray(models.label_names, dtype=str)})
+  k = min(_GRID_MAX.value, mask_arr.shape[0])
+  grid = masks.overlay_grid(images[:k], mask_arr[:k], models.n_labels, cols=_GRID_COLS.value)
+  files.write_atomic(out / "overlay.png", lambda f: Image.fromarray(grid).save(f, format="PNG"))
+  counts = np.bincount(mask_arr.ravel(), minlength=models.n_labels)
+  logging.info("pixels per label: %s", dict(zip(models.label_names, counts.tolist())))
   logging.info("wrote %s", out)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -6,9 +6,11 @@ Writes a `linkjax.checkpoint` directory (load with `linkjax.checkpoint.load(out,
 with `metrics.json` (held-out accuracy, training time, config, seed) beside it.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from linkjax import cli
 from linkjax.miniworld import train_classifier
+
 
 _DEFAULTS = train_classifier.TrainConfig()
 _OUT = flags.DEFINE_string("out", "linkjax/miniworld/weights/classifier",
@@ -46,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,10 +7,12 @@ Writes a `linkjax.checkpoint` directory (load with `linkjax.checkpoint.load(out,
 with `metrics.json` (held-out fidelity at psi 1.0 and 0.7 on 500 samples) inside it.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 
+from linkjax import cli
 from linkjax.miniworld import train_generator
+
 
 _OUT = flags.DEFINE_string("out", "linkjax/miniworld/weights/generator",
                            "Checkpoint directory to write (replaced if it exists).")
@@ -56,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

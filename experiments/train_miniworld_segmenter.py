@@ -9,10 +9,12 @@ linkjax.miniworld.train_segmenter). Writes a `linkjax.checkpoint` directory (loa
 true masks, per-label IoU, loss per epoch, config, seed) beside it.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from linkjax import cli
 from linkjax.miniworld import train_segmenter
 from linkjax.models import segmenter
+
 
 _DEFAULTS = train_segmenter.SegmenterTrainConfig()
 _GENERATOR = flags.DEFINE_string("generator", "linkjax/miniworld/weights/generator",
@@ -61,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

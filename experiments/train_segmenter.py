@@ -6,17 +6,15 @@
 --samples is an experiments.generate file (key `ws` [N, num_ws, w_dim]); --masks holds one PNG per
 labelled sample, `<index>.png` with one label index per pixel (index into --samples), or a
 masks.npz with `masks` [M, H, W] (and optionally `indices` [M]; default 0..M-1). Writes the
-segmenter checkpoint (linkjax.checkpoint) to --out and the per-epoch loss to --out/train.json.
+segmenter checkpoint (linkjax.checkpoint) to --out and the per-epoch loss to --out/metrics.json.
 """
 
-import json
 import pathlib
 
 import jax
-import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from linkjax import checkpoint
+from linkjax import checkpoint, cli, files, masks, sampling, segmenter_train
 from linkjax.models import segmenter
 
 _GENERATOR = flags.DEFINE_string("generator", None, "Converted StyleGAN-XL checkpoint directory.",
@@ -51,23 +49,22 @@ def main(argv):
   logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
       __name__)})
   generator = checkpoint.load(_GENERATOR.value, role="generator")
-  with np.load(_SAMPLES.value) as f:
-    ws = np.asarray(f["ws"], np.float32)
-  indices, masks = segmenter.load_masks(_MASKS.value, n=ws.shape[0])
+  ws = sampling.read_ws(_SAMPLES.value, generator.config.num_ws, generator.config.w_dim)
+  indices, mask_arr = masks.load_masks(_MASKS.value, n=ws.shape[0])
   logging.info("%d labelled samples: %s", len(indices), indices.tolist())
-  model, losses = segmenter.train_on_generator(
-      jax.random.key(_SEED.value), generator, ws[indices], masks, _LABELS.value,
+  model, losses = segmenter_train.train_on_generator(
+      jax.random.key(_SEED.value), generator, ws[indices], mask_arr, _LABELS.value,
       size=_SIZE.value, epochs=_EPOCHS.value, resolution=_RESOLUTION.value,
       batch_size=_BATCH.value, crop_margins=_CROP.value, lr=_LR.value,
       weight_decay=_WEIGHT_DECAY.value, step_epochs=_STEP_EPOCHS.value)
   out = pathlib.Path(_OUT.value)
   checkpoint.save(out, model)
-  (out / "train.json").write_text(json.dumps({
+  files.write_json(out / "metrics.json", {
       "loss_per_epoch": [float(x) for x in losses], "indices": indices.tolist(),
       "samples": str(pathlib.Path(_SAMPLES.value).absolute()),
-      "generator": str(pathlib.Path(_GENERATOR.value).absolute())}, indent=2))
+      "generator": str(pathlib.Path(_GENERATOR.value).absolute())})
   logging.info("final loss %.4f; wrote %s", float(losses[-1]), out)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -19,9 +19,8 @@ Which pairs are evaluated: `heldout_indices` uses the link checkpoint's held-out
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import functools
-import json
 import math
 import os
 import pathlib
@@ -31,29 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from linkjax import link
+from linkjax import bundle as bundle_lib
+from linkjax import figures, files, jobs, link, perceptual, preprocess
 from linkjax import pairs as pairs_lib
-from linkjax import preprocess
-from linkjax.models import stylegan_xl
 
 PER_SAMPLE_KEYS = ("mse_w", "mse_w_baseline", "pixel_mse", "pixel_mse_baseline", "lpips",
                    "lpips_baseline", "mse_r", "class_tilde")
 
 LpipsFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-def default_lpips() -> LpipsFn | None:
-  """`linkjax.perceptual.lpips` if that module and its weights are available, else None."""
-  try:
-    from linkjax import perceptual  # noqa: PLC0415
-  except ImportError as e:
-    logging.warning("LPIPS unavailable (%s): the lpips columns will be NaN", e)
-    return None
-  return perceptual.lpips
 
 
 def heldout_indices(n_pairs: int, link_meta: Mapping[str, Any], n: int, seed: int
@@ -120,71 +105,39 @@ def baseline_partner(n: int, seed: int) -> np.ndarray:
   return partner
 
 
-@functools.partial(jax.jit, static_argnames=("g_def", "c_def", "resize", "crop"))
-def _render_and_represent(g_def, g_state, c_def, c_state, w, *, resize, crop):
-  g = nnx.merge(g_def, g_state)
-  c = nnx.merge(c_def, c_state)
-  img = g.synthesis(stylegan_xl.broadcast_w(w, g.config.num_ws))
-  logits, acts = c(preprocess.classifier_input(preprocess.to_uint8(img), resize=resize, crop=crop))
-  return img, acts["r"], logits
-
-
-def render_and_represent(generator: nnx.Module, classifier: nnx.Module, w: Any, *,
+def render_and_represent(models: bundle_lib.ModelBundle, params: Any, w: Any, *,
                          batch: int = 16, mesh: jax.sharding.Mesh | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Renders single ws and classifies the images, in fixed-size sharded batches.
 
   Args:
-    generator: StyleGAN-XL model.
-    classifier: ResNet model (its config's resize/crop give the input transform).
+    models, params: a bundle with generator and classifier, and its weights.
     w: [N, w_dim] latents (tiled to all ws rows).
     batch: rows per compiled call (padded to a multiple of the device count; one compilation).
     mesh: 1-D 'data' mesh (default: all devices).
-
   Returns:
     images [N, 3, H, W] float32 (generator output, unclipped), r [N, R], logits [N, C] (numpy).
   """
-  w = np.asarray(w, np.float32)
-  mesh = mesh if mesh is not None else pairs_lib.make_data_mesh()
-  n_dev = mesh.devices.size
-  padded = -(-batch // n_dev) * n_dev
-  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  g_def, g_state = nnx.split(generator)
-  c_def, c_state = nnx.split(classifier)
-  g_state, c_state = jax.device_put((g_state, c_state), repl)
-  cfg = classifier.config
-  outs = []
-  for start in range(0, len(w), padded):
-    chunk = w[start:start + padded]
-    n = len(chunk)
-    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], padded - n, axis=0)])
-    out = _render_and_represent(g_def, g_state, c_def, c_state, jax.device_put(chunk, data),
-                                resize=getattr(cfg, "resize", 256), crop=getattr(cfg, "crop", 224))
-    outs.append([np.asarray(o)[:n] for o in out])
-  return tuple(np.concatenate(parts) for parts in zip(*outs))
+  return jobs.map_batches(functools.partial(bundle_lib.render_and_represent, models), params,
+                          np.asarray(w, np.float32), batch=batch, mesh=mesh)
 
 
 def _batched_lpips(lpips_fn: LpipsFn, a: np.ndarray, b: np.ndarray, batch: int) -> np.ndarray:
   out = []
-  for s in range(0, len(a), batch):
-    ca, cb = a[s:s + batch], b[s:s + batch]
-    n = len(ca)
-    if n < batch:  # constant shape: one compilation
-      ca = np.concatenate([ca, np.repeat(ca[-1:], batch - n, axis=0)])
-      cb = np.concatenate([cb, np.repeat(cb[-1:], batch - n, axis=0)])
-    out.append(np.asarray(lpips_fn(jnp.asarray(ca), jnp.asarray(cb)))[:n])
+  for start, stop in jobs.chunks(len(a), batch):
+    n = stop - start  # constant shape: one compilation
+    out.append(np.asarray(lpips_fn(jnp.asarray(jobs.pad_rows(a[start:stop], batch)),
+                                   jnp.asarray(jobs.pad_rows(b[start:stop], batch))))[:n])
   return np.concatenate(out).astype(np.float32)
 
 
-def cycle_eval(generator: nnx.Module, classifier: nnx.Module, link_params: Any, w: Any, *,
-               seed: int = 0, batch: int = 16, lpips_fn: LpipsFn | None = None,
+def cycle_eval(models: bundle_lib.ModelBundle, params: Any, w: Any, *, seed: int = 0,
+               batch: int = 16, lpips_fn: LpipsFn | None = None,
                mesh: jax.sharding.Mesh | None = None) -> dict[str, np.ndarray]:
   """Runs the cycle w -> I -> r -> w~ -> I~ and measures how much of w and I survives.
 
   Args:
-    generator: StyleGAN-XL model.
-    classifier: ResNet model.
-    link_params: linking-network params (`linkjax.link.predict`).
+    models, params: a bundle with generator, classifier and link, and its weights.
     w: [N, w_dim] latents of the evaluated pairs (N >= 2).
     seed: seed of the random-pairs baseline (`baseline_partner`).
     batch: rows per compiled call.
@@ -199,10 +152,9 @@ def cycle_eval(generator: nnx.Module, classifier: nnx.Module, link_params: Any, 
   """
   w = np.asarray(w, np.float32)
   partner = baseline_partner(len(w), seed)
-  img, r, _ = render_and_represent(generator, classifier, w, batch=batch, mesh=mesh)
-  w_tilde = np.asarray(link.predict(link_params, jnp.asarray(r)))
-  img_t, r_t, logits_t = render_and_represent(generator, classifier, w_tilde, batch=batch,
-                                              mesh=mesh)
+  img, r, _ = render_and_represent(models, params, w, batch=batch, mesh=mesh)
+  w_tilde = np.asarray(link.predict(params["link"], jnp.asarray(r)))
+  img_t, r_t, logits_t = render_and_represent(models, params, w_tilde, batch=batch, mesh=mesh)
   img_c, img_tc = np.clip(img, -1.0, 1.0), np.clip(img_t, -1.0, 1.0)
 
   def pix(a, b):
@@ -263,7 +215,8 @@ def summarize(res: Mapping[str, np.ndarray], class_idx: np.ndarray) -> dict[str,
 def write_outputs(out_dir: str | os.PathLike, res: Mapping[str, np.ndarray], *,
                   pair_idx: np.ndarray, class_idx: np.ndarray, draw_idx: np.ndarray,
                   info: Mapping[str, Any], n_show: int = 8) -> dict[str, Any]:
-  """Writes cycle.csv (per sample), summary.json and pairs.png (rows of I | I~).
+  """Writes cycle.csv (per sample), summary.json, pairs.png (rows of I | I~) and
+  cycle_scatter.png (the distances against the random-pairs baseline).
 
   Args:
     out_dir: output directory (created).
@@ -271,38 +224,31 @@ def write_outputs(out_dir: str | os.PathLike, res: Mapping[str, np.ndarray], *,
     pair_idx, class_idx, draw_idx: [N] index into the pairs file, class and draw index per row.
     info: extra JSON-serialisable fields for summary.json (inputs, held-out source, ...).
     n_show: number of image pairs in pairs.png.
-
   Returns:
     The summary dict that was written.
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  with open(out_dir / "cycle.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["pair_idx", "class_idx", "draw_idx", "partner_pair_idx", *PER_SAMPLE_KEYS])
-    for i in range(len(pair_idx)):
-      row = [int(pair_idx[i]), int(class_idx[i]), int(draw_idx[i]),
-             int(pair_idx[res["partner"][i]])]
-      for k in PER_SAMPLE_KEYS:
-        v = res[k][i]
-        row.append(int(v) if k == "class_tilde" else ("" if math.isnan(v) else f"{float(v):.8g}"))
-      writer.writerow(row)
+  rows = []
+  for i in range(len(pair_idx)):
+    row = [int(pair_idx[i]), int(class_idx[i]), int(draw_idx[i]), int(pair_idx[res["partner"][i]])]
+    row += [int(res[k][i]) if k == "class_tilde" else float(res[k][i]) for k in PER_SAMPLE_KEYS]
+    rows.append(row)
+  files.write_csv(out_dir / "cycle.csv",
+                  ["pair_idx", "class_idx", "draw_idx", "partner_pair_idx", *PER_SAMPLE_KEYS],
+                  rows)
   summary = {**summarize(res, class_idx), **dict(info)}
-  (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+  files.write_json(out_dir / "summary.json", summary)
   save_pairs_png(out_dir / "pairs.png", res, class_idx, n_show=n_show)
+  save_scatter_png(out_dir / "cycle_scatter.png", res)
   return summary
 
 
 def save_pairs_png(path: str | os.PathLike, res: Mapping[str, np.ndarray],
                    class_idx: Sequence[int], n_show: int = 8) -> None:
   """A figure with one row per sample: I (left) and I~ (right), titled with class and distances."""
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
   n = min(n_show, len(res["images"]))
-  fig, axes = plt.subplots(n, 2, figsize=(4.4, 2.2 * n), squeeze=False)
+  fig, axes = figures.subplots(n, 2, figsize=(4.4, 2.2 * n), squeeze=False)
   for i in range(n):
     lp = res["lpips"][i]
     axes[i, 0].imshow(res["images"][i])
@@ -313,5 +259,68 @@ def save_pairs_png(path: str | os.PathLike, res: Mapping[str, np.ndarray],
     for ax in axes[i]:
       ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  figures.save(fig, path)
+
+
+def save_scatter_png(path: str | os.PathLike, res: Mapping[str, np.ndarray]) -> None:
+  """Per-sample distances of the cycle vs the random-pairs baseline (Fig. 3C style)."""
+  keys = [("mse_w", "mse_w_baseline", "MSE in W"),
+          ("pixel_mse", "pixel_mse_baseline", "pixel MSE")]
+  if not np.all(np.isnan(res["lpips"])):
+    keys.append(("lpips", "lpips_baseline", "LPIPS"))
+  fig, axes = figures.subplots(1, len(keys), figsize=(3.3 * len(keys), 3), squeeze=False)
+  for ax, (a, b, title) in zip(axes[0], keys):
+    ax.boxplot([res[a], res[b]])
+    ax.set_xticks([1, 2], ["cycle (I, I~)", "random pairs"])
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  figures.save(fig, path)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CycleConfig:
+  """Settings of the cycle evaluation (flags of experiments/cycle.py).
+
+  Attributes:
+    n: held-out pairs to evaluate (all if fewer).
+    seed: seed of the subset choice and of the random-pairs baseline.
+    batch: images per compiled call.
+    lpips: compute LPIPS (AlexNet v0.1; needs images of at least 32 px).
+    n_show: image pairs drawn in pairs.png.
+  """
+  n: int = 200
+  seed: int = 0
+  batch: int = 16
+  lpips: bool = True
+  n_show: int = 8
+
+
+def run(pairs_dir: str | os.PathLike, link_dir: str | os.PathLike,
+        models: bundle_lib.ModelBundle, params: Any, out_dir: str | os.PathLike,
+        config: CycleConfig = CycleConfig(), mesh: jax.sharding.Mesh | None = None
+        ) -> dict[str, Any]:
+  """The cycle on a link's held-out pairs; writes `write_outputs`' files, returns the summary.
+
+  Args:
+    pairs_dir: pair directory; link_dir: the link checkpoint (its held-out split is used).
+    models, params: a bundle with generator and classifier (the link is loaded from link_dir).
+    out_dir: output directory.
+    config: settings.
+  """
+  data = pairs_lib.load(pairs_dir)
+  link_params, meta = link.load(link_dir)
+  params = {**params, "link": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), link_params)}
+  idx, source = heldout_indices(len(data["w"]), meta, config.n, config.seed)
+  logging.info("cycle: evaluating %d pairs (%s)", len(idx), source)
+  size = int(models.generator_config.img_resolution)
+  lpips_fn = perceptual.lpips if config.lpips and size >= perceptual.MIN_SIZE else None
+  if config.lpips and lpips_fn is None:
+    logging.warning("LPIPS needs images of at least %d px (these are %d px): columns left empty",
+                    perceptual.MIN_SIZE, size)
+  res = cycle_eval(models, params, data["w"][idx], seed=config.seed, batch=config.batch,
+                   lpips_fn=lpips_fn, mesh=mesh)
+  info = {"pairs": str(pathlib.Path(pairs_dir).absolute()),
+          "link": str(pathlib.Path(link_dir).absolute()), "seed": config.seed,
+          "heldout_source": source}
+  return write_outputs(out_dir, res, pair_idx=idx, class_idx=data["class_idx"][idx],
+                       draw_idx=data["draw_idx"][idx], info=info, n_show=config.n_show)

@@ -13,6 +13,8 @@ line naming the file.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -20,7 +22,7 @@ import pathlib
 import shutil
 import signal
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -106,6 +108,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _numpy_to_python(x: Any) -> Any:
+  if isinstance(x, os.PathLike):
+    return os.fspath(x)
   if isinstance(x, Mapping):
     return {str(k): _numpy_to_python(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
@@ -134,6 +138,24 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def _refuse_constant(name: str) -> Any:
   raise ValueError(f"non-standard JSON constant {name}")
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str],
+              rows: Iterable[Sequence[Any]]) -> None:
+  """Writes a CSV table atomically (floats with 9 significant digits, which round-trip float32;
+  NaN and infinity as an empty cell)."""
+  def fmt(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+      return f"{float(v):.9g}" if math.isfinite(float(v)) else ""
+    return v
+
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(header)
+  for row in rows:
+    w.writerow([fmt(v) for v in row])
+  data = buf.getvalue().encode()
+  write_atomic(path, lambda f: f.write(data))
 
 
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:

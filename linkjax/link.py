@@ -28,7 +28,9 @@ minimum-norm solution that gelsd returns) when N <= R.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 import pathlib
 from typing import Any, Literal
 
@@ -38,7 +40,8 @@ import numpy as np
 import optax
 import scipy.linalg
 
-from linkjax import checkpoint
+from linkjax import checkpoint, files
+from linkjax import pairs as pairs_lib
 
 Params = dict[str, Any]
 Precision = Literal["auto", "float32", "float64"]
@@ -423,8 +426,11 @@ def fit_and_evaluate(r: Any, w: Any, *, model: str = "ols", alpha: float = 1.0,
     train_r2, test_mse, test_r2, shuffled_mse (held-out baseline; on the training set when
     holdout is 0); test_* are None when there is no held-out set.
   """
+  check_finite(r, w)  # every row, held-out ones too: NaN must not reach the metrics
   r = np.asarray(r, np.float32)
   w = np.asarray(w, np.float32)
+  if r.shape[0] != w.shape[0]:
+    raise ValueError(f"r has {r.shape[0]} rows but w has {w.shape[0]}")
   train_idx, test_idx = split_holdout(r.shape[0], holdout, seed)
   key = jax.random.key(seed) if model == "mlp" else None
   params = fit(r[train_idx], w[train_idx], model, alpha=alpha, key=key, **mlp_kwargs)
@@ -443,3 +449,53 @@ def fit_and_evaluate(r: Any, w: Any, *, model: str = "ols", alpha: float = 1.0,
   metrics["shuffled_mse"] = shuffled_baseline_mse(params, r[base_idx], w[base_idx], seed=seed)
   metrics["shuffled_on"] = "test" if test_idx.size else "train"
   return params, metrics
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LinkConfig:
+  """How to fit the link (flags of experiments/fit_link.py).
+
+  Attributes:
+    model: 'ols' (the paper), 'ridge' or 'mlp'.
+    alpha: ridge penalty.
+    holdout: held-out fraction of the pairs, in [0, 1).
+    seed: seed of the split, the shuffled baseline and the MLP.
+    hidden, steps, lr, batch: MLP settings.
+  """
+  model: str = "ols"
+  alpha: float = 1.0
+  holdout: float = 0.1
+  seed: int = 0
+  hidden: tuple[int, ...] = (1024,)
+  steps: int = 2000
+  lr: float = 1e-3
+  batch: int = 256
+
+  def __post_init__(self):
+    if self.model not in ("ols", "ridge", "mlp"):
+      raise ValueError(f"model must be 'ols', 'ridge' or 'mlp', got {self.model!r}")
+    if not 0.0 <= self.holdout < 1.0:
+      raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+    if not np.isfinite(self.alpha) or self.alpha < 0:
+      raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
+
+
+def fit_from_pairs(pairs_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   config: LinkConfig = LinkConfig()) -> dict[str, Any]:
+  """Fits the link on a pair directory, saves it (with metrics.json) to `out_dir`.
+
+  Returns:
+    the metrics of `fit_and_evaluate` plus 'pairs' and 'mse_ratio_to_shuffled' (held-out MSE /
+    shuffled-pairs MSE; None without a held-out set).
+  """
+  data = pairs_lib.load(pairs_dir)
+  mlp = (dict(hidden=tuple(config.hidden), steps=config.steps, lr=config.lr, batch=config.batch)
+         if config.model == "mlp" else {})
+  params, metrics = fit_and_evaluate(data["r"], data["w"], model=config.model, alpha=config.alpha,
+                                     holdout=config.holdout, seed=config.seed, **mlp)
+  metrics["pairs"] = str(pathlib.Path(pairs_dir).absolute())
+  metrics["mse_ratio_to_shuffled"] = (metrics["test_mse"] / metrics["shuffled_mse"]
+                                      if metrics["test_mse"] is not None else None)
+  save(out_dir, params, metrics)
+  files.write_json(pathlib.Path(out_dir) / "metrics.json", metrics)
+  return metrics

@@ -29,6 +29,9 @@ _SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
 _SCALE = np.array([0.458, 0.448, 0.450], np.float32)
 
 
+MIN_SIZE = 32  # AlexNet's stride-4 stem and three max-pools need at least 32 x 32 images
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LPIPSConfig:
   """AlexNet-LPIPS; `channels` are the five conv widths (the real network: 64, 192, 384, 256, 256)."""

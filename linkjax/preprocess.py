@@ -29,6 +29,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+
+from linkjax import files
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -159,6 +162,13 @@ def normalize(x01: jax.Array) -> jax.Array:
   return (x01 - mean) / std
 
 
+def denormalize(x: jax.Array) -> jax.Array:
+  """Inverse of `normalize`, clipped to [0, 1]: a classifier input as a viewable image."""
+  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+  std = jnp.asarray(IMAGENET_STD, jnp.float32)
+  return jnp.clip(x * std + mean, 0.0, 1.0)
+
+
 def check_uint8_images(images: jax.Array | np.ndarray) -> None:
   """Raises ValueError unless `images` is a uint8 [N, H, W, 3] array."""
   if images.ndim != 4 or images.shape[-1] != 3:
@@ -210,6 +220,10 @@ def classifier_input_float(x: jax.Array, resize: int | None = 256,
 
 # --- reading image files --------------------------------------------------------------------
 
+# An image file larger than this many pixels is refused before decoding (a PNG bomb).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
 def read_images(path: str | pathlib.Path) -> np.ndarray:
   """Loads uint8 images from a .npy, a .npz or a folder of PNG files.
 
@@ -218,41 +232,50 @@ def read_images(path: str | pathlib.Path) -> np.ndarray:
 
   Args:
     path: file or folder.
-
   Returns:
     [N, H, W, 3] uint8.
-
   Raises:
-    ValueError: wrong dtype or shape, unreadable or inconsistent files.
+    ValueError: missing, unreadable or inconsistent files, wrong dtype or shape (one line
+      naming the file).
   """
   path = pathlib.Path(path)
+  if not path.exists():
+    raise ValueError(f"{path} does not exist")
   if path.is_dir():
-    from PIL import Image  # Pillow ships with matplotlib, a dependency
-
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
-    if not files:
+    names = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+    if not names:
       raise ValueError(f"{path} contains no .png files")
-    arrays = []
-    for f in files:
-      with Image.open(f) as im:
-        arrays.append(np.asarray(im.convert("RGB"), np.uint8))
+    arrays = [_read_png(names[0])]
+    for f in names[1:]:
+      arrays.append(_read_png(f))
       if arrays[-1].shape != arrays[0].shape:
-        raise ValueError(f"{f} has size {arrays[-1].shape[:2]}, but {files[0].name} has "
+        raise ValueError(f"{f} has size {arrays[-1].shape[:2]}, but {names[0].name} has "
                          f"{arrays[0].shape[:2]}; all images must have the same size")
     images = np.stack(arrays)
   elif path.suffix == ".npy":
-    images = np.load(path, allow_pickle=False)
+    try:
+      images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+      raise ValueError(f"{path} is not a readable .npy array ({type(e).__name__}: {e})") from e
   elif path.suffix == ".npz":
-    with np.load(path, allow_pickle=False) as z:
-      if "images" in z.files:
-        images = z["images"]
-      elif len(z.files) == 1:
-        images = z[z.files[0]]
-      else:
-        raise ValueError(f"{path} holds arrays {z.files}; name the images array 'images'")
-  elif not path.exists():
-    raise ValueError(f"{path} does not exist")
+    arrays = files.read_npz(path)
+    if "images" in arrays:
+      images = arrays["images"]
+    elif len(arrays) == 1:
+      images = next(iter(arrays.values()))
+    else:
+      raise ValueError(f"{path} holds arrays {sorted(arrays)}; name the images array 'images'")
   else:
     raise ValueError(f"{path}: expected a .npy, a .npz or a folder of .png files")
   check_uint8_images(images)
   return images
+
+
+def _read_png(path: pathlib.Path) -> np.ndarray:
+  try:
+    with Image.open(path) as im:
+      if im.width * im.height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{path} is {im.width}x{im.height} pixels, too large to read")
+      return np.asarray(im.convert("RGB"), np.uint8)
+  except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+    raise ValueError(f"{path} is not a readable image ({type(e).__name__}: {e})") from e

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
+
+from linkjax import figures, files
+from linkjax import pairs as pairs_lib
 
 CSV_COLUMNS = ("repeat", "ari_w", "ari_r", "rsa_corr", "rsa_dist")
 
@@ -246,21 +250,14 @@ def w_r_similarity(w: np.ndarray, r: np.ndarray, class_idx: np.ndarray,
 
 def write_csv(path: Any, results: dict[str, np.ndarray]) -> None:
   """Writes `results` (from `w_r_similarity`) as CSV with header CSV_COLUMNS."""
-  lines = [",".join(CSV_COLUMNS)]
-  for i in range(len(results["repeat"])):
-    lines.append(",".join([str(int(results["repeat"][i]))] +
-                          [f"{float(results[c][i]):.8g}" for c in CSV_COLUMNS[1:]]))
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  files.write_csv(path, CSV_COLUMNS, [[int(results["repeat"][i])] +
+                                      [float(results[c][i]) for c in CSV_COLUMNS[1:]]
+                                      for i in range(len(results["repeat"]))])
 
 
 def box_plot(path: Any, results: dict[str, np.ndarray]) -> None:
-  """Saves a box plot of ARI in W and R and of the two RSA correlations (PNG, Agg backend)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 2, figsize=(7, 3.5))
+  """Saves a box plot of ARI in W and R and of the two RSA correlations (PNG)."""
+  fig, axes = figures.subplots(1, 2, figsize=(7, 3.5))
   axes[0].boxplot([results["ari_w"], results["ari_r"]])
   axes[0].set_xticks([1, 2], ["W", "R"])
   axes[0].set_ylabel("adjusted Rand index")
@@ -272,5 +269,31 @@ def box_plot(path: Any, results: dict[str, np.ndarray]) -> None:
   axes[1].set_ylabel("Pearson r (W vs R)")
   axes[1].set_title("RSA")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  figures.save(fig, path, dpi=120)
+
+
+def run(pairs_dir: Any, out_dir: Any, config: SimilarityConfig) -> dict[str, Any]:
+  """Fig. 3A on a pair directory: writes results.csv and similarity.png, returns medians.
+
+  `config.n_classes` and `config.n_per_class` are capped at what the pairs hold (all classes
+  present; the smallest class's count).
+
+  Returns:
+    {'ari_w', 'ari_r', 'rsa_corr', 'rsa_dist' (medians over repeats), 'repeats', 'n_classes',
+     'n_per_class'}.
+  """
+  data = pairs_lib.load(pairs_dir)
+  present, counts = np.unique(data["class_idx"], return_counts=True)
+  if present.size < 2:
+    raise ValueError(f"similarity needs pairs of at least 2 classes, have {present.tolist()}")
+  config = dataclasses.replace(config, n_classes=int(min(config.n_classes, present.size)),
+                               n_per_class=int(min(config.n_per_class, counts.min())))
+  res = w_r_similarity(data["w"], data["r"], data["class_idx"], config)
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  write_csv(out / "results.csv", res)
+  box_plot(out / "similarity.png", res)
+  summary = {c: float(np.median(res[c])) for c in CSV_COLUMNS[1:]}
+  summary.update(repeats=config.repeats, n_per_class=config.n_per_class,
+                 n_classes=config.n_classes)
+  return summary

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from linkjax import bundle, checkpoint, testing
 from linkjax import counterfactual as cf
+from ports import stylegan_xl as port
 
 # ---------------------------------------------------------------------------------------------------
 # A linear toy world: head(r) = r A + b, f(r) = r M + c, render_classify(w) = relu(w) B + d
@@ -182,11 +184,36 @@ def test_batch_equals_per_pair_runs():
   r, orig, target, shift0 = toy_pairs(5)
   cfg = dataclasses.replace(CFG, check_every=5)
   batch = cf.search(FNS, p, r, orig, target, shift0, config=cfg)
+  ok = np.asarray(batch.success)
+  assert 0 < ok.sum() < 5  # solved and unsolved pairs
+  # A pair's result does not depend on the rest of its batch, bitwise: same batch size and row,
+  # the other rows replaced by unrelated pairs (other classes, stop steps and done times, so other
+  # masks, render groups and loop lengths). Same shapes give the same compiled float ordering, so
+  # any difference is a bug (a done-mask leak, padding rows leaking into real ones, a wrong window
+  # index).
+  other = toy_pairs(5, seed=102)
   for i in range(5):
-    one = cf.search(FNS, p, r[i:i + 1], orig[i:i + 1], target[i:i + 1], shift0[i:i + 1], config=cfg)
+    mixed = cf.search(FNS, p, *(o.at[i].set(x[i]) for x, o in zip((r, orig, target, shift0),
+                                                                  other)), config=cfg)
+    for name in ("success", "steps", "r_final", "shift", "pred", "prob_orig", "prob_target"):
+      np.testing.assert_array_equal(getattr(mixed, name)[i], getattr(batch, name)[i],
+                                    err_msg=name)
+  # Per-pair runs (P = 1) compile the vmapped gradient with other dot shapes ([1, R] x [R, K]:
+  # another summation order on some CPUs, e.g. AVX2 or SSE4.2 builds), so iterates differ from the
+  # batched ones at float32 rounding level. Stop steps must agree exactly. r' is compared only for
+  # solved pairs: there a 1e-7 change of shift0 moves r_final by <= 2e-6 (measured over 117 solved
+  # pairs), hence atol 1e-5. Unsolved pairs oscillate chaotically for max_steps (a 1e-7 change of
+  # shift0 grows to 0.1 in 40 steps and to O(10) at step 200, about x1.4 per step), so their r'
+  # after 200 steps is not reproducible across compilations: the old atol=1e-6 comparison of every
+  # pair failed on an AVX2 machine (0.107) for that reason, not for a masking bug.
+  for i in range(5):
+    one = cf.search(FNS, p, r[i:i + 1], orig[i:i + 1], target[i:i + 1], shift0[i:i + 1],
+                    config=cfg)
     assert int(one.steps[0]) == int(batch.steps[i])
-    np.testing.assert_allclose(one.r_final[0], batch.r_final[i], atol=1e-6)
-    np.testing.assert_allclose(one.prob_target[0], batch.prob_target[i], atol=1e-6)
+    assert bool(one.success[0]) == bool(batch.success[i])
+    if ok[i]:
+      np.testing.assert_allclose(one.r_final[0], batch.r_final[i], atol=1e-5)
+      np.testing.assert_allclose(one.prob_target[0], batch.prob_target[i], atol=1e-5)
   # initial_shift gives a pair the same start whatever batch it is in.
   np.testing.assert_array_equal(cf.initial_shift(jax.random.key(2), 2, R, offset=3), shift0[3:5])
 
@@ -244,12 +271,13 @@ def test_grad_cam_closed_form_linear_head():
   Wt = jnp.asarray(rng.normal(size=(C, NC)), jnp.float32)
   bias = jnp.asarray(rng.normal(size=(NC,)), jnp.float32)
   cls = jnp.asarray([0, 3, 5], jnp.int32)
-  cam = cf.grad_cam(lambda rr: rr @ Wt + bias, feats, cls)
+  head = lambda a: jnp.mean(a, axis=(1, 2)) @ Wt + bias  # noqa: E731  (ResNet: pool, then fc)
+  cam = cf.grad_cam(head, feats, cls)
   # d logit_c / d A_ijk = W[k, c] / (h w), so the channel weights are W[k, c] / (h w).
   want = np.maximum(np.einsum("bhwc,cb->bhw", np.asarray(feats), np.asarray(Wt)[:, cls]) / (h * w), 0)
   np.testing.assert_allclose(cam, want, rtol=1e-5, atol=1e-6)
   assert (want == 0).any() and (want > 0).any()
-  up = cf.grad_cam(lambda rr: rr @ Wt + bias, feats, cls, out_size=(8, 10), normalize=True)
+  up = cf.grad_cam(head, feats, cls, out_size=(8, 10), normalize=True)
   assert up.shape == (3, 8, 10)
   np.testing.assert_allclose(up.max(axis=(1, 2)), 1.0, rtol=1e-6)
   np.testing.assert_allclose(up, jax.image.resize(cam, (3, 8, 10), "bilinear")
@@ -289,20 +317,18 @@ def test_image_distances_and_relative_metrics():
 
 def test_end_to_end_tiny_models(fixtures_dir, tmp_path):
   """Binary on tiny random models: converted fixture generator, tiny ResNet, OLS link, segmenter."""
-  from linkjax import checkpoint
-  from ports import stylegan_xl as port
-
   gen_dir = tmp_path / "gen_src"
   checkpoint.save(gen_dir, port.convert_network_pickle(fixtures_dir / "sgxl_tiny.pkl"))
-  world = cf.build_tiny_world(tmp_path / "world", seed=0, n_pairs=64, generator_dir=gen_dir,
-                              segmenter_labels=4)
+  world = testing.build_tiny_world(tmp_path / "world", seed=0, n_pairs=64, generator_dir=gen_dir,
+                                   segmenter_labels=4)
   orig = max(world["class_counts"], key=world["class_counts"].get)
   target = (orig + 4) % 10
   out = tmp_path / "out"
-  summary = cf.run_experiment(cf.ExperimentConfig(
-      pairs=world["pairs"], link=world["link"], generator=world["generator"],
-      classifier=world["classifier"], segmenter=world["segmenter"], out=str(out), orig_class=orig,
-      target_class=target, n_samples=2, n_frames=4, max_points=8, lpips=False,
+  models, params = bundle.ModelBundle.load(generator=world["generator"],
+                                           classifier=world["classifier"],
+                                           segmenter=world["segmenter"], link=world["link"])
+  summary = cf.run_experiment(world["pairs"], models, params, out, cf.ExperimentConfig(
+      orig_class=orig, target_class=target, n_samples=2, n_frames=4, max_points=8, lpips=False,
       search=cf.SearchConfig(max_steps=12, check_every=5)))
   assert summary["n_pairs"] == 2 and len(summary["pairs"]) == 2
   assert json.loads((out / "summary.json").read_text())["orig_class"] == orig
@@ -313,6 +339,6 @@ def test_end_to_end_tiny_models(fixtures_dir, tmp_path):
       rows = list(csv.DictReader(f))
     steps = [int(r["step"]) for r in rows]
     assert steps[0] == 0 and steps[-1] == summary["pairs"][i]["steps"] and steps == sorted(steps)
-    assert "part1_area" in rows[0] and "mse" in rows[0]
+    assert "label1_area" in rows[0] and "mse" in rows[0]
     probs = np.array([[float(r["prob_orig"]), float(r["prob_target"])] for r in rows])
     assert np.all((probs >= 0) & (probs <= 1))

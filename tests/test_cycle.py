@@ -12,10 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from linkjax import checkpoint
-from linkjax import cycle
-from linkjax import link
-from linkjax import pairs
+from linkjax import bundle, checkpoint, cycle, jobs, link, pairs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = [1, 980]
@@ -114,8 +111,9 @@ def test_cycle_eval_with_a_constant_link(tiny):
   def l1(a, b):  # a cheap stand-in for LPIPS (the binary test runs the real one)
     return jnp.mean(jnp.abs(a - b), axis=(1, 2, 3))
 
-  res = cycle.cycle_eval(gen, clf, params, w, seed=0, batch=4, lpips_fn=l1,
-                         mesh=pairs.make_data_mesh(jax.devices()[:2]))
+  models, bparams = bundle.ModelBundle.from_models(generator=gen, classifier=clf, link=params)
+  res = cycle.cycle_eval(models, bparams, w, seed=0, batch=4, lpips_fn=l1,
+                         mesh=jobs.data_mesh(jax.devices()[:2]))
   np.testing.assert_array_equal(res["w_tilde"], np.broadcast_to(w[0], w.shape))
   np.testing.assert_allclose(res["mse_w"], np.mean((w - w[0]) ** 2, axis=1), rtol=1e-6)
   assert res["mse_w"][0] == 0
@@ -165,3 +163,4 @@ def test_cycle_binary_end_to_end(tiny):
   mean = np.mean([float(r["mse_w"]) for r in rows])
   assert summary["metrics"]["mse_w"]["mean"] == pytest.approx(mean, rel=1e-6)
   assert (d / "cycle" / "pairs.png").stat().st_size > 1000
+  assert (d / "cycle" / "cycle_scatter.png").stat().st_size > 1000

@@ -5,14 +5,11 @@ import pathlib
 import re
 import time
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from linkjax import demo
-from linkjax.miniworld import groundtruth, train_segmenter
-from linkjax.models import segmenter as seg_lib
+from linkjax import demo, jobs
+from linkjax.miniworld import groundtruth
 
 
 def _weights_present() -> bool:
@@ -56,9 +53,23 @@ def test_quality_checks_thresholds():
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path):
-  (tmp_path / demo.CONFIG_FILE).write_text(json.dumps({"seed": 123}))
-  with pytest.raises(ValueError, match="other settings"):
+  (tmp_path / "run.json").write_text(json.dumps({"kind": "demo", "seed": 123}))
+  with pytest.raises(jobs.JobError, match="other arguments"):
     demo.run_demo(demo.tiny_config(), tmp_path, log=lambda s: None)
+  other = tmp_path / "mine"
+  other.mkdir()
+  (other / "thesis.txt").write_text("keep")
+  with pytest.raises(jobs.JobError, match="not a linkjax demo run"):
+    demo.run_demo(demo.tiny_config(), other, log=lambda s: None)
+  assert (other / "thesis.txt").read_text() == "keep"
+
+
+def test_tiny_config_merges_nested_overrides():
+  cfg = demo.tiny_config(sweep={"units": "0-3"}, seed=5)
+  assert cfg.sweep.units == "0-3" and cfg.sweep.samples_per_class == 1  # the preset's, kept
+  assert cfg.seed == 5 and cfg.check_quality
+  with pytest.raises(ValueError, match="need classes"):
+    demo.make_config(generator="/some/checkpoint")
 
 
 needs_weights = pytest.mark.skipif(not _weights_present(),

@@ -1,4 +1,4 @@
-"""Tests of linkjax.pairs and experiments.make_pairs on a toy pipeline (and tiny real models)."""
+"""Tests of linkjax.pairs and experiments.make_pairs on toy models (and tiny real models)."""
 
 import json
 import os
@@ -13,29 +13,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from linkjax import pairs
+from linkjax import files, jobs, pairs, testing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TOY = dict(z_dim=8, w_dim=6, r_dim=5, num_classes=10)
+TOY = testing.ToyPairs(z_dim=8, w_dim=6, r_dim=5, num_classes=10)
+TOY_PARAMS = TOY.params()
 CLASSES = [3, 1, 7]
 
 
-_TOY_PIPE = pairs.toy_pipeline(**TOY)
+def _gen(models, out, *, params=None, mesh=None, overwrite=False, run_info=None, **config):
+  """generate_pairs with the PairConfig given as keywords (psi is ignored by the toys)."""
+  params = TOY_PARAMS if params is None else params
+  return pairs.generate_pairs(models, params, out, pairs.PairConfig(**config), mesh=mesh,
+                              overwrite=overwrite, run_info=run_info)
 
 
-def _toy():
-  return _TOY_PIPE  # one instance, so that its compiled step is reused across tests
-
-
-def _reference(pipeline, classes, n, seed, keep, max_draws):
+def _reference(models, params, classes, n, seed, keep, max_draws):
   """Independent implementation of the selection rule: all draws at once, then select in numpy."""
   rows = {k: [] for k in pairs.PAIR_KEYS}
   d = jnp.arange(max_draws, dtype=jnp.int32)
   for c in classes:
     cls = jnp.full(max_draws, c, jnp.int32)
     z = jax.vmap(lambda i, c=c: jax.random.normal(
-        jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), c), i), (pipeline.z_dim,)))(d)
-    out = {k: np.asarray(v) for k, v in pipeline.apply(pipeline.params, z, cls).items()}
+        jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), c), i), (models.z_dim,)))(d)
+    out = {k: np.asarray(v) for k, v in models.pair_outputs(params, z, cls).items()}
     ok = np.ones(max_draws, bool) if keep == "all" else np.argmax(out["logits"], -1) == c
     idx = np.flatnonzero(ok)[:n]
     for k, v in (("w", out["w"]), ("r", out["r"]), ("logits", out["logits"]),
@@ -72,10 +73,9 @@ def test_derive_z_is_the_documented_formula_and_batch_independent():
 
 
 def test_keep_correct_matches_independent_reference(tmp_path):
-  pipe = _toy()
-  got = pairs.generate_pairs(pipe, tmp_path / "a", classes=CLASSES, n_per_class=12, seed=0,
-                             batch=8, keep="correct")
-  ref = _reference(pipe, CLASSES, 12, 0, "correct", 120)
+  got = _gen(TOY, tmp_path / "a", classes=CLASSES, n_per_class=12, seed=0, batch=8,
+             keep="correct")
+  ref = _reference(TOY, TOY_PARAMS, CLASSES, 12, 0, "correct", 120)
   _assert_same(got, ref, exact=False)
   # Acceptance of the toy is roughly one half, so rejections really happened.
   assert got["draw_idx"].max() > 20
@@ -92,14 +92,13 @@ def test_keep_correct_matches_independent_reference(tmp_path):
 
 
 def test_results_independent_of_batch_size_and_device_count(tmp_path):
-  pipe = _toy()
   kw = dict(classes=CLASSES, n_per_class=10, seed=3, keep="correct")
-  base = pairs.generate_pairs(pipe, tmp_path / "b8", batch=8, **kw)
-  one_dev = pairs.make_data_mesh(jax.devices()[:1])
+  base = _gen(TOY, tmp_path / "b8", batch=8, **kw)
+  one_dev = jobs.data_mesh(jax.devices()[:1])
   assert jax.device_count() == 4
   for name, batch, mesh in (("b5", 5, None), ("b64", 64, None), ("b8_1dev", 8, one_dev),
                             ("b3_1dev", 3, one_dev)):
-    got = pairs.generate_pairs(pipe, tmp_path / name, batch=batch, mesh=mesh, **kw)
+    got = _gen(TOY, tmp_path / name, batch=batch, mesh=mesh, **kw)
     _assert_same(got, base, exact=False)
 
 
@@ -109,8 +108,9 @@ def test_keep_all_and_max_draws_guard(tmp_path, caplog):
     logits = jnp.where((c == 5)[:, None], onehot, -onehot)
     return {"w": z[:, :3], "r": jnp.abs(z), "logits": logits}
 
-  got = pairs.generate_pairs(fn, tmp_path / "guard", classes=[5, 2], n_per_class=7, seed=0,
-                             batch=8, keep="correct", max_draws_per_class=30, z_dim=4)
+  models = testing.FnPairs(fn, z_dim=4)
+  got = _gen(models, tmp_path / "guard", params=(), classes=[5, 2], n_per_class=7, seed=0,
+             batch=8, keep="correct", max_draws_per_class=30)
   np.testing.assert_array_equal(got["draw_idx"], np.arange(7))
   np.testing.assert_array_equal(got["class_idx"], np.full(7, 5))
   assert "only 0 of 7 pairs accepted after max_draws_per_class=30" in caplog.text
@@ -120,24 +120,24 @@ def test_keep_all_and_max_draws_guard(tmp_path, caplog):
   assert not summary["5"]["hit_draw_limit"]
 
   # keep=all keeps every draw, in order; the draw limit (not a multiple of batch) is exact.
-  got = pairs.generate_pairs(fn, tmp_path / "all", classes=[2, 5], n_per_class=100, seed=0,
-                             batch=8, keep="all", max_draws_per_class=30, z_dim=4)
+  got = _gen(models, tmp_path / "all", params=(), classes=[2, 5], n_per_class=100, seed=0,
+             batch=8, keep="all", max_draws_per_class=30)
   np.testing.assert_array_equal(got["draw_idx"], np.tile(np.arange(30), 2))
   np.testing.assert_array_equal(got["class_idx"], np.repeat([2, 5], 30))
-  ref = _reference(pairs.as_pipeline(fn, 4), [2, 5], 100, 0, "all", 30)
+  ref = _reference(models, (), [2, 5], 100, 0, "all", 30)
   _assert_same(got, ref, exact=False)
 
 
 def test_traces_once_and_rerun_reuses_shards(tmp_path):
   traces = []
-  toy = _toy()
 
   def fn(z, c):
     traces.append(1)
-    return toy.apply(toy.params, z, c)
+    return TOY.pair_outputs(TOY_PARAMS, z, c)
 
-  kw = dict(classes=CLASSES, n_per_class=10, seed=0, batch=4, keep="correct", z_dim=8)
-  got = pairs.generate_pairs(fn, tmp_path, **kw)
+  models = testing.FnPairs(fn, z_dim=8)
+  kw = dict(params=(), classes=CLASSES, n_per_class=10, seed=0, batch=4, keep="correct")
+  got = _gen(models, tmp_path, **kw)
   assert len(traces) == 1  # one compilation for all classes and blocks
   shards = sorted((tmp_path / "shards").iterdir())
   assert len(shards) > 3 * 3
@@ -147,14 +147,14 @@ def test_traces_once_and_rerun_reuses_shards(tmp_path):
   mtimes = {p: p.stat().st_mtime_ns for p in shards}
   for p in shards[::3]:
     p.unlink()
-  again = pairs.generate_pairs(fn, tmp_path, **kw)
+  again = _gen(models, tmp_path, **kw)
   _assert_same(again, got)
   for p in shards[1::3]:
     assert p.stat().st_mtime_ns == mtimes[p]
   # Other arguments are refused; overwrite starts again.
   with pytest.raises(pairs.PairsError, match="other arguments"):
-    pairs.generate_pairs(fn, tmp_path, **{**kw, "seed": 1})
-  other = pairs.generate_pairs(fn, tmp_path, overwrite=True, **{**kw, "seed": 1})
+    _gen(models, tmp_path, **{**kw, "seed": 1})
+  other = _gen(models, tmp_path, overwrite=True, **{**kw, "seed": 1})
   assert not np.array_equal(other["z"], got["z"])
 
 
@@ -176,7 +176,7 @@ _BIN_ARGS = ["--toy_world", "--toy_dims=8,6,5,10", "--classes=3,1,7", "--n_per_c
 
 
 def _bin_env(cache_dir):
-  env = {k: v for k, v in os.environ.items() if k != pairs._KILL_ENV}
+  env = {k: v for k, v in os.environ.items() if k != files.KILL_ENV}
   # The subprocesses inherit conftest's 4 CPU devices; share compilations between them.
   env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -187,16 +187,15 @@ def _bin_env(cache_dir):
 def _run_bin(out, kill_at=None, extra=()):
   env = _bin_env(out.parent / "jax_cache")
   if kill_at:
-    env[pairs._KILL_ENV] = kill_at
+    env[files.KILL_ENV] = kill_at
   return subprocess.run([sys.executable, "-m", "experiments.make_pairs", f"--out={out}",
                          *_BIN_ARGS, *extra], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=120)
 
 
 def test_sigkill_at_any_write_then_resume_is_bit_identical(tmp_path):
-  ref = pairs.generate_pairs(_toy(), tmp_path / "ref", classes=[3, 1, 7],
-                             n_per_class=9, seed=2, batch=4, keep="correct",
-                             run_info={"toy_world": [8, 6, 5, 10]})
+  ref = _gen(testing.ToyPairs(z_dim=8, w_dim=6, r_dim=5, num_classes=10), tmp_path / "ref",
+             classes=[3, 1, 7], n_per_class=9, seed=2, batch=4, keep="correct")
   n_shards = len(list((tmp_path / "ref" / "shards").iterdir()))
   out = tmp_path / "out"
   # Each process counts its own writes (1 = run.json in the first process): kill after a shard's
@@ -241,7 +240,6 @@ def test_asynchronous_sigkill_mid_run_then_resume(tmp_path):
   assert proc.wait() == -signal.SIGKILL, "finished before it could be killed"
   assert not (out / "pairs.npz").exists()
   assert subprocess.run(args, cwd=ROOT, env=env, capture_output=True).returncode == 0
-  ref = pairs.generate_pairs(_toy(), tmp_path / "ref", classes=[4, 2],
-                             n_per_class=150, seed=1, batch=2, keep="all",
-                             run_info={"toy_world": [8, 6, 5, 10]})
+  ref = _gen(TOY, tmp_path / "ref", classes=[4, 2], n_per_class=150, seed=1, batch=2,
+             keep="all")
   _assert_same(pairs.load(out), ref)

@@ -9,7 +9,8 @@ import pytest
 import optax
 from flax import nnx
 
-from linkjax import checkpoint
+from linkjax import bundle, checkpoint, segmenter_train
+from linkjax import masks as masks_lib
 from linkjax.models import segmenter as seg
 
 
@@ -93,7 +94,7 @@ def test_segmenter_applies_its_stored_margins(tmp_path):
           jnp.asarray(rng.normal(size=(3, 1, 8, 8)).astype(np.float32))]
   feats = seg.concat_features(maps, 8, margins=(2, 0))
   masks = rng.integers(0, 3, size=(3, 8, 8))
-  model, _ = seg.train_segmenter(jax.random.key(0), feats, masks, 3, epochs=2,
+  model, _ = segmenter_train.train_segmenter(jax.random.key(0), feats, masks, 3, epochs=2,
                                  feature_layers=("a", "b"), feature_margins=(2, 0))
   assert model.config.feature_margins == (2, 0)
   np.testing.assert_allclose(np.asarray(model(maps)), np.asarray(model.head(feats)), atol=1e-6)
@@ -178,7 +179,7 @@ def test_torch_adam_with_l2_and_step_schedule():
   rng = np.random.default_rng(3)
   grads = rng.normal(size=(5, 4))
   p0 = rng.normal(size=4)
-  tx = seg.torch_adam(lr, wd, steps_per_decay=per)
+  tx = segmenter_train.torch_adam(lr, wd, steps_per_decay=per)
   p = jnp.asarray(p0, jnp.float32)
   state = tx.init(p)
   # reference: torch.optim.Adam(weight_decay) + StepLR(step_size=per, gamma=0.1)
@@ -202,7 +203,7 @@ def _toy_problem(n=2, res=16, n_labels=3, channels=4, seed=0):
   for i in range(n):
     masks[i][(yy - res + 3 * i) ** 2 + (xx - res) ** 2 < (res // 2) ** 2] = 1
     masks[i][2:res // 2, 4 + 2 * i:res + 2 * i] = 2
-  small = seg.resize_masks(masks, res)
+  small = masks_lib.resize_masks(masks, res)
   mix = rng.normal(size=(n_labels, channels)).astype(np.float32)
   feats = np.eye(n_labels, dtype=np.float32)[small] @ mix
   feats += 0.2 * rng.normal(size=feats.shape).astype(np.float32)
@@ -211,7 +212,7 @@ def _toy_problem(n=2, res=16, n_labels=3, channels=4, seed=0):
 
 def test_training_learns_linearly_encoded_masks(tmp_path):
   feats, masks, small = _toy_problem()
-  model, losses = seg.train_segmenter(jax.random.key(0), feats, masks, 3, epochs=12, lr=3e-3,
+  model, losses = segmenter_train.train_segmenter(jax.random.key(0), feats, masks, 3, epochs=12, lr=3e-3,
                                       step_epochs=10, feature_layers=("input", "L1"),
                                       label_names=("bg", "a", "b"))
   assert losses.shape == (12,) and losses[-1] < 0.1 * losses[0]
@@ -221,11 +222,11 @@ def test_training_learns_linearly_encoded_masks(tmp_path):
   assert model.config.feature_layers == ("input", "L1") and model.config.resolution == 16
 
   # same shapes and hyper-parameters: the jitted step is not retraced
-  n = seg._train_step._cache_size()
-  _, losses2 = seg.train_segmenter(jax.random.key(0), feats, masks, 3, epochs=12, lr=3e-3,
+  n = segmenter_train._train_step._cache_size()
+  _, losses2 = segmenter_train.train_segmenter(jax.random.key(0), feats, masks, 3, epochs=12, lr=3e-3,
                                    step_epochs=10, feature_layers=("input", "L1"),
                                    label_names=("bg", "a", "b"))
-  assert seg._train_step._cache_size() == n
+  assert segmenter_train._train_step._cache_size() == n
   np.testing.assert_allclose(losses2, losses, rtol=1e-5)  # same key, same run
 
   # checkpoint round trip
@@ -236,9 +237,15 @@ def test_training_learns_linearly_encoded_masks(tmp_path):
                                 np.asarray(model.head(jnp.asarray(feats))))
 
 
+class _FakeConfig:
+  layer_names = ("input", "L0_8_4", "L1_8_4", "L2_12_4", "L3_12_3")
+  num_ws = 2
+
+
 class _FakeGenerator(nnx.Module):
   """Minimal stand-in with the generator's feature contract (NCHW features keyed by name)."""
-  layer_names = ("input", "L0_8_4", "L1_8_4", "L2_12_4", "L3_12_3")
+  layer_names = _FakeConfig.layer_names
+  config = _FakeConfig()
 
   def __init__(self, *, rngs):
     self.proj = nnx.Linear(6, 4, rngs=rngs)
@@ -260,7 +267,7 @@ def test_extract_and_segment_with_feature_contract():
   ws = np.random.default_rng(0).normal(size=(5, 2, 6)).astype(np.float32)
   layers = seg.reference_feature_layers(gen.layer_names)
   assert layers == ("input", "L1_8_4", "L2_12_4") or layers == ("input", "L1_8_4")
-  feats = seg.extract_features(gen, ws, layers, resolution=16, batch_size=2)  # padded last batch
+  feats = segmenter_train.extract_features(gen, ws, layers, resolution=16, batch_size=2)  # padded last batch
   _, direct = gen.synthesis(jnp.asarray(ws), return_features=True)
   ref = np.asarray(seg.concat_features(seg.select_features(direct, layers), 16))
   np.testing.assert_allclose(feats, ref, rtol=1e-6, atol=1e-6)
@@ -268,7 +275,8 @@ def test_extract_and_segment_with_feature_contract():
   cfg = seg.SegmenterConfig(in_channels=feats.shape[-1], n_labels=3, resolution=16,
                             feature_layers=layers)
   model = seg.FewShotSegmenter(cfg, rngs=nnx.Rngs(1))
-  masks, images = seg.segment_ws(gen, model, ws, batch_size=2)
+  models, params = bundle.ModelBundle.from_models(generator=gen, segmenter=model)
+  masks, images = masks_lib.segment_ws(models, params, ws, batch_size=2)
   assert masks.shape == (5, 16, 16) and images.shape == (5, 12, 12, 3)
   assert images.dtype == np.uint8
   np.testing.assert_array_equal(masks, np.argmax(np.asarray(model.head(jnp.asarray(feats))), -1))
@@ -282,16 +290,16 @@ def test_load_masks_png_and_npz(tmp_path):
   m = rng.integers(0, 10, size=(3, 20, 20)).astype(np.uint8)
   for i, idx in enumerate([4, 0, 11]):
     Image.fromarray(m[i], mode="L").save(tmp_path / f"{idx}.png")
-  idx, got = seg.load_masks(tmp_path, n=12)
+  idx, got = masks_lib.load_masks(tmp_path, n=12)
   np.testing.assert_array_equal(idx, [0, 4, 11])
   np.testing.assert_array_equal(got, m[[1, 0, 2]])
   with pytest.raises(ValueError):
-    seg.load_masks(tmp_path, n=5)
+    masks_lib.load_masks(tmp_path, n=5)
   np.savez(tmp_path / "masks.npz", masks=m)
-  idx, got = seg.load_masks(tmp_path / "masks.npz")
+  idx, got = masks_lib.load_masks(tmp_path / "masks.npz")
   np.testing.assert_array_equal(idx, [0, 1, 2])
   np.testing.assert_array_equal(got, m)
-  grid = seg.overlay_grid(np.zeros((3, 32, 32, 3), np.uint8), got, 10, cols=2)
+  grid = masks_lib.overlay_grid(np.zeros((3, 32, 32, 3), np.uint8), got, 10, cols=2)
   assert grid.shape == (40, 80, 3) and grid.dtype == np.uint8
 
 
@@ -304,7 +312,7 @@ def test_end_to_end_with_converted_fixture(fixtures_dir, tmp_path):
   ws = ref["ws_psi70"].astype(np.float32)
   layers = seg.reference_feature_layers(gen.layer_names)
   assert layers == ("input", "L1_36_16", "L3_36_16", "L6_52_16", "L8_32_16")
-  feats = seg.extract_features(gen, ws, layers, resolution=32, batch_size=4)
+  feats = segmenter_train.extract_features(gen, ws, layers, resolution=32, batch_size=4)
   # independent: the reference's per-layer outputs, resized with the integer nearest rule
   expected = []
   for name in layers:
@@ -343,11 +351,11 @@ def test_training_loop_equals_a_scanned_reference():
   feats = jnp.asarray(rng.normal(size=(3, 16, 16, 8)).astype(np.float32))
   masks = rng.integers(0, 4, size=(3, 16, 16)).astype(np.int32)
   key, epochs, step_epochs = jax.random.key(3), 3, 2
-  model, losses = seg.train_segmenter(key, feats, masks, 4, epochs=epochs, step_epochs=step_epochs)
+  model, losses = segmenter_train.train_segmenter(key, feats, masks, 4, epochs=epochs, step_epochs=step_epochs)
 
   init = seg.FewShotSegmenter(model.config, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
   graphdef, params = nnx.split(init)
-  tx = seg.torch_adam(1e-3, 1e-3, 3 * step_epochs)
+  tx = segmenter_train.torch_adam(1e-3, 1e-3, 3 * step_epochs)
   y_all = jnp.asarray(masks)
 
   def loss_fn(p, x, y):
@@ -369,5 +377,17 @@ def test_training_loop_equals_a_scanned_reference():
   (ref_params, _), ref_losses = jax.jit(
       lambda p: jax.lax.scan(epoch, (p, tx.init(p)), jnp.arange(epochs)))(params)
   np.testing.assert_allclose(losses, np.asarray(ref_losses), rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(ref_params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  # Loop and scan compile the convolutions differently (float32 summation order). Adam divides
+  # each update by the gradient's RMS, so a rounding error delta in a gradient component g moves
+  # that weight's step by ~lr * delta / |g|: weights whose gradient nearly cancels amplify
+  # rounding. Measured over these 9 steps (lr 1e-3 x6, 1e-4 x3; weights move up to 6.3e-3):
+  # +-1 ulp on the initial params moves max|dw| by 3e-6..1.1e-5 (30 draws) with <= 12 of 139 684
+  # weights beyond 1e-6 (another machine's loop-vs-scan gap: 1.4e-5 on one weight, which failed
+  # the old atol=1e-5). Real mistakes (another shuffle order, decay period, weight decay or eps)
+  # move > 98% of the weights by > 1e-5 and the worst by > 2e-3. So: the bulk to 1e-6, every
+  # weight to 1e-4 (~10x the rounding tail, a tenth of one lr step).
+  d = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
+                      for a, b in zip(jax.tree.leaves(nnx.state(model)),
+                                      jax.tree.leaves(ref_params))])
+  assert np.mean(d > 1e-6) < 1e-3, (np.sum(d > 1e-6), d.size)
+  assert d.max() < 1e-4, d.max()

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from linkjax import sweep
+from linkjax import (bundle, checkpoint, classifier, jobs, link, pairs, preprocess, quantify,
+                     sweep, testing)
+from linkjax.models import segmenter, stylegan_xl
+from ports import stylegan_xl as port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 R_DIM = 6
@@ -22,9 +25,13 @@ def _toy_inputs(n=6, seed=0):
   return r, np.repeat(np.arange(n // 2, dtype=np.int32), 2)
 
 
+TOY = testing.ToySweep(r_dim=R_DIM, resolution=RES)
+TOY_PARAMS = TOY.params()
+
+
 @pytest.fixture(scope="module")
 def toy():
-  return sweep.toy_pipeline(r_dim=R_DIM, resolution=RES)
+  return TOY
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +39,10 @@ def reference_run(toy, tmp_path_factory):
   """An uninterrupted 4-device run, chunk 8, that other tests compare against."""
   r, c = _toy_inputs()
   out = tmp_path_factory.mktemp("ref")
-  res = sweep.run_sweep(out, toy, r, c, units=[0, 2, 3], steps=3, chunk=8,
-                        mesh=sweep.make_data_mesh(4), save_strips_for=[0])
+  res = sweep.run_sweep(out, toy, TOY_PARAMS, r, c, units=[0, 2, 3], steps=3, chunk=8,
+                        mesh=jobs.data_mesh(4))
+  sweep.save_strips(out, toy, TOY_PARAMS, r, c, [0], lo=r.min(0), hi=r.max(0), steps=3, chunk=8,
+                    mesh=jobs.data_mesh(4))
   return out, res
 
 
@@ -72,11 +81,11 @@ def test_sweep_sets_exactly_the_unit(tmp_path):
     return {"probs": r * params["one"], "masks": jnp.zeros((b, 4, 4), jnp.int32),
             "images": jnp.zeros((b, 4, 4, 3), jnp.uint8)}
 
-  probe = sweep.SweepPipeline(apply=apply, params={"one": jnp.float32(1.0)}, n_labels=2)
+  probe = testing.FnSweep(apply=apply, n_labels=2)
   r, c = _toy_inputs()
   units = [4, 1]
-  res = sweep.run_sweep(tmp_path, probe, r, c, units=units, steps=4, chunk=12,
-                        classes=range(R_DIM), mesh=sweep.make_data_mesh(4))
+  res = sweep.run_sweep(tmp_path, probe, {"one": jnp.float32(1.0)}, r, c, units=units, steps=4,
+                        chunk=12, classes=range(R_DIM), mesh=jobs.data_mesh(4))
   values = np.linspace(r.min(0), r.max(0), 4, axis=-1)
   expected = np.repeat(np.repeat(r[:, None, None, :], 2, 1), 4, 2)  # [S, U, steps, R]
   for i, u in enumerate(units):
@@ -110,12 +119,14 @@ def test_same_results_for_devices_and_chunks(toy, reference_run, tmp_path, n_dev
                                              shard_size):
   ref_dir, ref = reference_run
   r, c = _toy_inputs()
-  res = sweep.run_sweep(tmp_path, toy, r, c, units=[0, 2, 3], steps=3, chunk=chunk,
-                        shard_size=shard_size, mesh=sweep.make_data_mesh(n_dev))
+  res = sweep.run_sweep(tmp_path, toy, TOY_PARAMS, r, c, units=[0, 2, 3], steps=3, chunk=chunk,
+                        shard_size=shard_size, mesh=jobs.data_mesh(n_dev))
   assert res.keys() == ref.keys()
   for k in ref:
     if "metrics" in k:
       assert_metrics_close(res[k], ref[k], rtol=1e-6, atol=1e-5)
+    elif res[k].dtype.kind == "U":
+      np.testing.assert_array_equal(res[k], ref[k], err_msg=k)
     else:
       np.testing.assert_allclose(res[k], ref[k], rtol=1e-6, atol=1e-6, err_msg=k)
   np.testing.assert_array_equal(res["metrics"][..., 0], ref["metrics"][..., 0])  # areas exact
@@ -135,46 +146,51 @@ def test_resume_after_interruption(toy, reference_run, tmp_path):
       raise Stop
 
   # 54 triples, chunk 8, shards of 2 chunks: 4 shards (16, 16, 16, 6 triples).
-  kwargs = dict(units=[0, 2, 3], steps=3, chunk=8, shard_size=16, mesh=sweep.make_data_mesh(4))
+  kwargs = dict(units=[0, 2, 3], steps=3, chunk=8, shard_size=16, mesh=jobs.data_mesh(4))
   with pytest.raises(Stop):
-    sweep.run_sweep(tmp_path, toy, r, c, on_shard=stop_after_2, **kwargs)
+    sweep.run_sweep(tmp_path, toy, TOY_PARAMS, r, c, on_shard=stop_after_2, **kwargs)
   assert not (tmp_path / sweep.SWEEP_FILE).exists()
   first = sorted(written)
-  shard_dir = tmp_path / sweep.SHARD_DIR
+  shard_dir = tmp_path / jobs.SHARD_DIR
+
+  def shard(k):
+    return shard_dir / f"shard_{k:07d}.npz"
+
   # A damaged shard (as a crash of a non-atomic writer would leave) is recomputed; a stray
   # temporary file of a killed write is removed.
-  damaged = sweep._shard_path(shard_dir, first[-1])
+  damaged = shard(first[-1])
   damaged.write_bytes(damaged.read_bytes()[:50])
   (shard_dir / ".shard_0000003.npz.tmp999").write_bytes(b"partial")
   first = first[:-1]
-  mtimes = {k: sweep._shard_path(shard_dir, k).stat().st_mtime_ns for k in first}
+  mtimes = {k: shard(k).stat().st_mtime_ns for k in first}
   again = []
-  res = sweep.run_sweep(tmp_path, toy, r, c, on_shard=again.append, **kwargs)
+  res = sweep.run_sweep(tmp_path, toy, TOY_PARAMS, r, c, on_shard=again.append, **kwargs)
   assert sorted(first + again) == list(range(4))  # every shard exactly once
   assert not list(shard_dir.glob(".*tmp*"))
   for k in first:  # finished shards untouched
-    assert sweep._shard_path(shard_dir, k).stat().st_mtime_ns == mtimes[k]
+    assert shard(k).stat().st_mtime_ns == mtimes[k]
   for k in ref:
     np.testing.assert_array_equal(res[k], ref[k], err_msg=k)
   done = []
-  sweep.run_sweep(tmp_path, toy, r, c, on_shard=done.append, **kwargs)  # finished: no work
+  sweep.run_sweep(tmp_path, toy, TOY_PARAMS, r, c, on_shard=done.append, **kwargs)  # finished
   assert done == []
   with pytest.raises(sweep.SweepError, match="other arguments"):
-    sweep.run_sweep(tmp_path, toy, r, c, units=[0, 2], steps=3, chunk=8)
+    sweep.run_sweep(tmp_path, toy, TOY_PARAMS, r, c, units=[0, 2], steps=3, chunk=8)
 
 
 def test_no_retrace_and_strips(toy, reference_run, tmp_path):
   ref_dir, _ = reference_run
   r, c = _toy_inputs()
-  mesh = sweep.make_data_mesh(4)
-  step = sweep.make_step(toy.apply, (0, 1, 2), toy.n_labels, mesh)
+  mesh = jobs.data_mesh(4)
+  step = sweep.make_step(toy, (0, 1, 2), mesh)
   n0 = step._cache_size()
   assert n0 >= 1
-  sweep.run_sweep(tmp_path, toy, r * np.float32(0.5), c, units=[1, 5], steps=3, chunk=8,
-                  mesh=mesh)
+  sweep.run_sweep(tmp_path, toy, TOY_PARAMS, r * np.float32(0.5), c, units=[1, 5], steps=3,
+                  chunk=8, mesh=mesh)
   assert step._cache_size() == n0  # new data, same chunk shape: no recompilation
   with np.load(ref_dir / "strips" / "unit_0000.npz") as f:
     images, values = f["images"], f["values"]
+  assert not (ref_dir / "strips" / "unit_0002.png").exists()
   assert images.shape == (6, 3, RES, RES, 3) and images.dtype == np.uint8
   np.testing.assert_allclose(values, np.linspace(r[:, 0].min(), r[:, 0].max(), 3), rtol=1e-6)
   assert not np.array_equal(images[:, 0], images[:, -1])  # the square grows along the strip
@@ -186,20 +202,15 @@ def tiny_world(tmp_path_factory):
   fixtures = ROOT.parent / "shared" / "fixtures"
   if not (fixtures / "sgxl_tiny.pkl").exists():
     pytest.skip(f"reference fixtures not found at {fixtures}")
-  from linkjax import checkpoint  # noqa: PLC0415
-  from linkjax import counterfactual as cf  # noqa: PLC0415
-  from ports import stylegan_xl as port  # noqa: PLC0415
   d = tmp_path_factory.mktemp("world")
   checkpoint.save(d / "gen_src", port.convert_network_pickle(fixtures / "sgxl_tiny.pkl"))
-  return cf.build_tiny_world(d / "world", seed=0, n_pairs=16, generator_dir=d / "gen_src",
-                             segmenter_labels=4, batch=16)
+  return testing.build_tiny_world(d / "world", seed=0, n_pairs=16, generator_dir=d / "gen_src",
+                                  segmenter_labels=4, batch=16)
 
 
 def test_end_to_end_tiny_models(tiny_world, tmp_path):
   """The sweep binary on the converted fixture generator, a tiny ResNet, segmenter and OLS link,
   checked against an independent per-image recomputation."""
-  from linkjax import checkpoint, classifier, link, pairs, quantify  # noqa: PLC0415
-  from linkjax.models import segmenter, stylegan_xl  # noqa: PLC0415
   w = tiny_world
   out = tmp_path / "sweep"
   cmd = [sys.executable, "-m", "experiments.sweep_units", f"--pairs={w['pairs']}",
@@ -213,7 +224,8 @@ def test_end_to_end_tiny_models(tiny_world, tmp_path):
   data = pairs.load(w["pairs"])
   rows = res["sample_idx"]
   n_s = rows.size
-  assert res["metrics"].shape == (n_s, 2, 2, 3, 5) and res["probs"].shape[:3] == (n_s, 2, 2)
+  assert res["metrics"].shape == (n_s, 2, 2, 3, len(quantify.METRICS))
+  assert res["probs"].shape[:3] == (n_s, 2, 2)
   assert (out / "strips" / "unit_0100.png").exists()
 
   # Independent recomputation of (sample 0, unit 100, last step) and the unperturbed sample 0.
@@ -226,9 +238,11 @@ def test_end_to_end_tiny_models(tiny_world, tmp_path):
   r1[0, 100] = r_all[:, 100].max()
   rs = np.concatenate([r1, r_all[:1]])
   ws = stylegan_xl.broadcast_w(link.predict(params, jnp.asarray(rs)), gen.config.num_ws)
-  masks, images = segmenter.segment_ws(gen, seg, np.asarray(ws), batch_size=2)
+  img, feats = gen.synthesis(ws, return_features=True)
+  images = preprocess.to_uint8(img)
+  masks = segmenter.predict_masks(seg, segmenter.select_features(feats, seg.config.feature_layers))
   c_def, c_state = nnx.split(clf)
-  probs = classifier.classify(c_def, c_state, jnp.asarray(images))["probs"]
+  probs = classifier.classify(c_def, c_state, images)["probs"]
   metrics = quantify.part_metrics(jnp.asarray(images, jnp.float32) / 255.0, jnp.asarray(masks), 4)
   cls = list(res["classes"])
   col = cls.index(res["class_idx"][0])
@@ -239,9 +253,10 @@ def test_end_to_end_tiny_models(tiny_world, tmp_path):
   assert_metrics_close(res["base_metrics"][0], metrics[1], rtol=1e-4, atol=1e-4)
   # The same arguments in-process find the finished sweep (nothing recomputed).
   mtime = (out / sweep.SWEEP_FILE).stat().st_mtime_ns
-  again = sweep.sweep_from_dirs(pairs_dir=w["pairs"], link_dir=w["link"],
-                                generator_dir=w["generator"], classifier_dir=w["classifier"],
-                                segmenter_dir=w["segmenter"], out_dir=str(out), units="3,100",
-                                samples_per_class=1, steps=2, chunk=4)
+  models, params = bundle.ModelBundle.load(generator=w["generator"], classifier=w["classifier"],
+                                           segmenter=w["segmenter"], link=w["link"])
+  again = sweep.run(w["pairs"], models, params, out, sweep.SweepConfig(
+      units="3,100", samples_per_class=1, steps=2, chunk=4, strip_units=(100,)))
   assert (out / sweep.SWEEP_FILE).stat().st_mtime_ns == mtime
-  np.testing.assert_array_equal(again["metrics"], res["metrics"])
+  np.testing.assert_array_equal(again["arrays"]["metrics"], res["metrics"])
+  assert list(res["label_names"]) == list(models.label_names)

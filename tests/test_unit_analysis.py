@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from linkjax import unit_analysis as ua
+from linkjax import unit_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 L = 9
@@ -116,7 +117,7 @@ def test_clustering_separates_label_groups():
 def test_reports_write_figures_and_tables(tmp_path):
   sw = _toy_sweep(12)
   names = [f"p{i}" for i in range(L)]
-  res = ua.summarize_units(sw, tmp_path / "sum", label_names=names, n_clusters=4)
+  res = unit_report.summarize_units(sw, tmp_path / "sum", label_names=names, n_clusters=4)
   for f in ("sparsity_hist.png", "tsne.png", "clusters.png"):
     assert (tmp_path / "sum" / f).stat().st_size > 2000
   with open(tmp_path / "sum" / "units.csv") as f:
@@ -125,7 +126,7 @@ def test_reports_write_figures_and_tables(tmp_path):
   assert [r["strongest_label"] for r in rows] == [names[u % L] for u in range(12)]
   assert all(r["tsne_x"] and 1 <= int(r["cluster"]) <= 4 for r in rows)
   assert res["tsne"].shape == (12, 2) and np.all(np.isfinite(res["tsne"]))
-  rel = ua.relevance_report(sw, tmp_path / "rel", threshold=0.15)
+  rel = unit_report.relevance_report(sw, tmp_path / "rel", threshold=0.15)
   for f in ("delta_p_hist.png", "relevant.png", "correlation.png"):
     assert (tmp_path / "rel" / f).stat().st_size > 2000
   with open(tmp_path / "rel" / "relevant_units.csv") as f:

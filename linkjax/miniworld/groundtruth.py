@@ -17,6 +17,7 @@ its integer part mask is the true segmentation. This module measures against it:
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 from typing import Any
@@ -24,11 +25,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from linkjax import preprocess, quantify
+from linkjax import bundle as bundle_lib
+from linkjax import figures, jobs, preprocess, quantify
+from linkjax import masks as masks_lib
 from linkjax import miniworld as world
-from linkjax.models import segmenter as seg_lib
 from linkjax.models import stylegan_ops as ops
 
 # Metrics compared against the truth: the two the issue asks for plus the shape ones.
@@ -57,65 +58,43 @@ def true_render(z: Any, class_idx: Any) -> tuple[jax.Array, jax.Array]:
   return world.render(world.theta_from_noise(eps, jnp.asarray(class_idx, jnp.int32)))
 
 
-def generate_and_segment(generator: nnx.Module, segmenter: nnx.Module | None, z: np.ndarray,
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _generate(models: bundle_lib.ModelBundle, psi: float, with_truth: bool, params: Any,
+              z: jax.Array, c: jax.Array) -> dict[str, jax.Array]:
+  ws = models.mapping(params, z, c, psi=psi)
+  img, feats = models.render(params, ws, features=True)
+  u8 = preprocess.to_uint8(img)
+  out = {"ws": ws, "images": u8}
+  if models.segmenter is not None:
+    out["masks"] = models.segment(params, feats)
+  if models.classifier is not None:
+    logits, _ = models.classify_uint8(params, u8)
+    out["pred"] = jnp.argmax(logits, -1).astype(jnp.int32)
+  if with_truth:
+    out["true_images"], out["true_masks"] = true_render(z, c)
+  return out
+
+
+def generate_and_segment(models: bundle_lib.ModelBundle, params: Any, z: np.ndarray,
                          class_idx: np.ndarray, *, psi: float = 1.0, batch: int = 50,
-                         classifier: nnx.Module | None = None,
                          with_truth: bool = True) -> dict[str, np.ndarray]:
   """Generates images for (z, class), segments and classifies them, and renders the truth.
 
   Args:
-    generator: StyleGAN-XL (mapping + synthesis).
-    segmenter: few-shot segmenter on the generator's features, or None.
+    models, params: a bundle with a generator (a segmenter adds 'masks', a classifier 'pred').
     z: [N, z_dim]; class_idx: [N] int.
     psi: truncation of the generated images (the truth is only exact at psi 1).
     batch: samples per compiled call (the last batch is padded; one compilation).
-    classifier: optional ResNet; adds 'pred' [N] on the generated uint8 images.
     with_truth: also render the true images and masks (built-in world only).
   Returns:
     dict of numpy arrays: 'ws' [N, num_ws, w_dim], 'images' [N, H, W, 3] uint8 (generated),
     'masks' [N, R, R] int32 (segmenter), 'true_images' [N, 64, 64, 3] float32 in [0, 1],
     'true_masks' [N, 64, 64] int32, 'pred' [N] int32 -- each only when available.
   """
-  g_def, g_state = nnx.split(generator)
-  s_def, s_state = nnx.split(segmenter) if segmenter is not None else (None, None)
-  c_def, c_state = nnx.split(classifier) if classifier is not None else (None, None)
-  psi = float(psi)
-
-  @jax.jit
-  def run(g_state, s_state, c_state, z, c):
-    g = nnx.merge(g_def, g_state)
-    ws = g.mapping(z, c, psi=psi)
-    img, feats = g.synthesis(ws, return_features=True)
-    u8 = preprocess.to_uint8(img)
-    out = {"ws": ws, "images": u8}
-    if s_def is not None:
-      seg = nnx.merge(s_def, s_state)
-      out["masks"] = seg_lib.predict_masks(seg, seg_lib.select_features(
-          feats, seg.config.feature_layers))
-    if c_def is not None:
-      clf = nnx.merge(c_def, c_state)
-      logits, _ = clf(preprocess.classifier_input(u8, resize=clf.config.resize,
-                                                  crop=clf.config.crop))
-      out["pred"] = jnp.argmax(logits, -1).astype(jnp.int32)
-    if with_truth:
-      out["true_images"], out["true_masks"] = true_render(z, c)
-    return out
-
   z = np.asarray(z, np.float32)
-  class_idx = np.asarray(class_idx, np.int32)
-  n = z.shape[0]
-  batch = min(batch, n)
-  parts: dict[str, list[np.ndarray]] = {}
-  for a in range(0, n, batch):
-    zb, cb = z[a:a + batch], class_idx[a:a + batch]
-    m = zb.shape[0]
-    if m < batch:
-      zb = np.concatenate([zb, np.repeat(zb[-1:], batch - m, 0)])
-      cb = np.concatenate([cb, np.repeat(cb[-1:], batch - m, 0)])
-    out = jax.device_get(run(g_state, s_state, c_state, jnp.asarray(zb), jnp.asarray(cb)))
-    for k, v in out.items():
-      parts.setdefault(k, []).append(np.asarray(v)[:m])
-  return {k: np.concatenate(v) for k, v in parts.items()}
+  return jobs.map_batches(functools.partial(_generate, models, float(psi), with_truth), params,
+                          z, np.asarray(class_idx, np.int32), batch=min(batch, len(z)),
+                          mesh=jobs.data_mesh(1))
 
 
 def segmentation_iou(pred: np.ndarray, true: np.ndarray, n_labels: int) -> np.ndarray:
@@ -132,7 +111,7 @@ def segmentation_iou(pred: np.ndarray, true: np.ndarray, n_labels: int) -> np.nd
   pred = np.asarray(pred)
   true = np.asarray(true)
   if true.shape[-1] != pred.shape[-1]:
-    true = seg_lib.resize_masks(true, pred.shape[-1])
+    true = masks_lib.resize_masks(true, pred.shape[-1])
   out = np.full(n_labels, np.nan)
   for lab in range(n_labels):
     p, t = pred == lab, true == lab
@@ -142,17 +121,16 @@ def segmentation_iou(pred: np.ndarray, true: np.ndarray, n_labels: int) -> np.nd
   return out
 
 
+@functools.partial(jax.jit, static_argnames="n_labels")
+def _part_metrics(images01: jax.Array, masks: jax.Array, *, n_labels: int) -> jax.Array:
+  return quantify.part_metrics(images01.astype(jnp.float32), masks.astype(jnp.int32),
+                               n_labels=n_labels)
+
+
 def _metrics(images01: np.ndarray, masks: np.ndarray, n_labels: int, batch: int) -> np.ndarray:
-  out = []
-  fn = jax.jit(lambda im, m: quantify.part_metrics(im, m, n_labels=n_labels))
-  for a in range(0, len(images01), batch):
-    im, m = images01[a:a + batch], masks[a:a + batch]
-    k = im.shape[0]
-    if k < batch:  # one compiled shape
-      im = np.concatenate([im, np.repeat(im[-1:], batch - k, 0)])
-      m = np.concatenate([m, np.repeat(m[-1:], batch - k, 0)])
-    out.append(np.asarray(fn(jnp.asarray(im, jnp.float32), jnp.asarray(m, jnp.int32)))[:k])
-  return np.concatenate(out)
+  return jobs.map_batches(lambda _, im, m: _part_metrics(im, m, n_labels=n_labels), (),
+                          images01, masks, batch=min(batch, len(images01)),
+                          mesh=jobs.data_mesh(1))
 
 
 def paired_part_metrics(data: dict[str, np.ndarray], n_labels: int,
@@ -174,7 +152,7 @@ def paired_part_metrics(data: dict[str, np.ndarray], n_labels: int,
   gen01 = gen.astype(np.float32) / np.float32(255.0)
   true_im, true_m = data["true_images"], data["true_masks"]
   if true_m.shape[-1] != res:
-    true_m = seg_lib.resize_masks(true_m, res)
+    true_m = masks_lib.resize_masks(true_m, res)
     true_im = np.asarray(jax.image.resize(jnp.asarray(true_im), (len(true_im), res, res, 3),
                                           "linear"))
   return (_metrics(gen01, data["masks"], n_labels, batch),
@@ -221,14 +199,10 @@ def scatter_grid(path: str | pathlib.Path, measured: np.ndarray, true: np.ndarra
     metrics: metric names (from `quantify.METRIC_NAMES`) to plot, one row each.
     min_area: parts smaller than this in either mask are left out.
   """
-  import matplotlib  # noqa: PLC0415
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
   corr = metric_correlations(measured, true, min_area)
   n_l = measured.shape[1]
   rows = len(metrics)
-  fig, axes = plt.subplots(rows, n_l, figsize=(1.9 * n_l, 1.9 * rows + 0.3), squeeze=False)
+  fig, axes = figures.subplots(rows, n_l, figsize=(1.9 * n_l, 1.9 * rows + 0.3), squeeze=False)
   valid = (measured[..., 0] >= min_area) & (true[..., 0] >= min_area)
   for i, m in enumerate(metrics):
     j = quantify.METRIC_NAMES.index(m)
@@ -249,5 +223,4 @@ def scatter_grid(path: str | pathlib.Path, measured: np.ndarray, true: np.ndarra
       if i == rows - 1:
         ax.set_xlabel("true mask on render", fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  figures.save(fig, path)

@@ -40,7 +40,6 @@ pure function of the seed and resuming from a checkpoint continues the identical
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib
@@ -53,7 +52,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from linkjax import checkpoint
+from linkjax import checkpoint, files
 from linkjax import miniworld as world
 from linkjax.models import stylegan_ops as ops
 from linkjax.models import stylegan_xl as sx
@@ -268,15 +267,6 @@ def generator_fidelity(model: sx.StyleGANXL, key: jax.Array, n: int = 500,
   }
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainState:
-  """Everything a training step reads and writes (pytree leaves are arrays)."""
-  params: Any
-  rest: Any
-  opt_state: Any
-  step: int
-
-
 def _optimizer(lr: float, steps: int, warmup: int) -> optax.GradientTransformation:
   sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, max(steps - 1, 1)),
                                              max(steps, 2), end_value=lr * 0.02)
@@ -374,7 +364,8 @@ def train_generator(key: jax.Array, *, steps: int, batch: int, lr: float,
   if work is not None and resume and (work / "train_state").exists():
     (params, rest, opt_state), start, saved = _load_train_state(
         work / "train_state", (params, rest, opt_state))
-    best = saved.get("best_mse", math.inf)
+    best = saved.get("best_mse")  # None (JSON null): no evaluation yet
+    best = math.inf if best is None else best
     elapsed_before = saved.get("elapsed_s")
     log(f"resumed at step {start} (best held-out mse {best:.5f})")
   train_step = make_train_step(graphdef, tx, batch, edge_weight)
@@ -408,7 +399,8 @@ def train_generator(key: jax.Array, *, steps: int, batch: int, lr: float,
     if work is not None and (step % ckpt_every == 0 or step == steps or out_of_time):
       elapsed = None if elapsed_before is None else elapsed_before + time.time() - t_start
       _save_train_state(work / "train_state", params, rest, opt_state, step,
-                        dict(meta, best_mse=best, elapsed_s=elapsed))
+                        dict(meta, best_mse=best if math.isfinite(best) else None,
+                             elapsed_s=elapsed))
     if out_of_time:
       log(f"time limit reached at step {step}")
       break
@@ -449,87 +441,6 @@ def train_and_save(key: jax.Array, out: str | pathlib.Path, **kw: Any) -> dict[s
              "fidelity_psi1": generator_fidelity(model, k_eval, n=500, psi=1.0),
              "fidelity_psi0.7": generator_fidelity(model, k_eval, n=500, psi=0.7),
              "train_args": {k: v for k, v in kw.items() if k not in ("log", "config")}}
-  (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+  files.write_json(out / "metrics.json", metrics)
   log(json.dumps(metrics["fidelity_psi1"]))
   return metrics
-
-
-def generated_accuracy(generator: sx.StyleGANXL, classifier: nnx.Module, key: jax.Array,
-                       n: int = 500, psi: float = 1.0, batch: int = 100) -> dict[str, Any]:
-  """Classifier accuracy on generated images and on the renders of the same (z, class).
-
-  Generated images take the pipeline's path: `preprocess.to_uint8` (truncating cast) then
-  `preprocess.classifier_input` with the classifier config's resize/crop.
-
-  Args:
-    generator: generator; classifier: a `linkjax.models.resnet.ResNet` with NUM_CLASSES outputs.
-    key: PRNG key of the held-out latents; n: samples (classes cycled i % NUM_CLASSES).
-    psi: truncation of the generated images.
-    batch: samples per jitted call (a multiple of NUM_CLASSES).
-  Returns:
-    {'accuracy': on generated images, 'accuracy_renders': on the renders, 'agreement': fraction
-     where both predictions agree, 'per_class': [NUM_CLASSES] generated accuracy, 'n', 'psi'}.
-  """
-  from linkjax import preprocess  # noqa: PLC0415
-
-  g_def, g_state = nnx.split(generator)
-  c_def, c_state = nnx.split(classifier)
-  resize, crop = classifier.config.resize, classifier.config.crop
-
-  @jax.jit
-  def predict(g_state, c_state, z, c):
-    g = nnx.merge(g_def, g_state)
-    clf = nnx.merge(c_def, c_state)
-    gen = preprocess.to_uint8(g.synthesis(g.mapping(z, c, psi=psi)))
-    target, _ = render_target(z, c)
-    ren = preprocess.to_uint8(jnp.transpose(target, (0, 3, 1, 2)) * jnp.float32(2.0)
-                              - jnp.float32(1.0))
-    out = []
-    for images in (gen, ren):
-      logits, _ = clf(preprocess.classifier_input(images, resize=resize, crop=crop))
-      out.append(jnp.argmax(logits, -1).astype(jnp.int32))
-    return out
-
-  preds_g, preds_r, labels = [], [], []
-  for i in range(math.ceil(n / batch)):
-    z = jax.random.normal(jax.random.fold_in(key, i), (batch, generator.config.z_dim),
-                          jnp.float32)
-    c = jnp.arange(batch, dtype=jnp.int32) % world.NUM_CLASSES
-    pg, pr = predict(g_state, c_state, z, c)
-    preds_g.append(np.asarray(pg))
-    preds_r.append(np.asarray(pr))
-    labels.append(np.asarray(c))
-  pg, pr, lab = (np.concatenate(a)[:n] for a in (preds_g, preds_r, labels))
-  return {"n": n, "psi": psi, "accuracy": float(np.mean(pg == lab)),
-          "accuracy_renders": float(np.mean(pr == lab)), "agreement": float(np.mean(pg == pr)),
-          "per_class": [float(np.mean(pg[lab == k] == k)) for k in range(world.NUM_CLASSES)]}
-
-
-def comparison_grid(model: sx.StyleGANXL, key: jax.Array, n_per_class: int = 8,
-                    psis: tuple[float, ...] = (1.0, 0.7)) -> np.ndarray:
-  """An image grid: per class, a row of renders then one row of generated images per psi.
-
-  Args:
-    model: generator; key: PRNG key of the latents; n_per_class: columns.
-    psis: truncations of the generated rows (the renders use the untruncated z).
-  Returns:
-    uint8 [rows * 66, n_per_class * 66, 3] with a 2-pixel white gutter; rows are
-    NUM_CLASSES * (1 + len(psis)).
-  """
-  n = n_per_class * world.NUM_CLASSES
-  z = jax.random.normal(key, (n, model.config.z_dim), jnp.float32)
-  c = jnp.repeat(jnp.arange(world.NUM_CLASSES, dtype=jnp.int32), n_per_class)
-  target, _ = render_target(z, c)
-  rows = []
-  gens = [np.asarray(jnp.clip(generated_images(model, z, c, psi=p), 0.0, 1.0)) for p in psis]
-  target = np.asarray(target)
-  for k in range(world.NUM_CLASSES):
-    sl = slice(k * n_per_class, (k + 1) * n_per_class)
-    for imgs in [target] + gens:
-      rows.append(imgs[sl])
-  s = world.SIZE + 2
-  grid = np.ones((len(rows) * s, n_per_class * s, 3), np.float32)
-  for r, imgs in enumerate(rows):
-    for j, im in enumerate(imgs):
-      grid[r * s:r * s + world.SIZE, j * s:j * s + world.SIZE] = im
-  return (grid * 255.0 + 0.5).astype(np.uint8)

@@ -42,9 +42,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from linkjax import checkpoint
-from linkjax.miniworld import groundtruth
+from linkjax import bundle as bundle_lib
+from linkjax import checkpoint, files, segmenter_train
+from linkjax import masks as masks_lib
 from linkjax import miniworld as world
+from linkjax.miniworld import groundtruth
 from linkjax.models import segmenter as seg_lib
 
 
@@ -99,7 +101,8 @@ def labelled_set(generator: nnx.Module, key: jax.Array, n_per_class: int
   """
   n = n_per_class * world.NUM_CLASSES
   z, c = groundtruth.heldout_latents(key, n, generator.config.z_dim)
-  data = groundtruth.generate_and_segment(generator, None, z, c, psi=1.0, batch=n)
+  models, params = bundle_lib.ModelBundle.from_models(generator=generator)
+  data = groundtruth.generate_and_segment(models, params, z, c, psi=1.0, batch=n)
   return data["ws"], data["true_masks"], c
 
 
@@ -117,7 +120,8 @@ def evaluate(generator: nnx.Module, segmenter: nnx.Module, key: jax.Array, n: in
      'iou': {label: IoU}, 'pixel_accuracy', 'n'}.
   """
   z, c = groundtruth.heldout_latents(key, n, generator.config.z_dim)
-  data = groundtruth.generate_and_segment(generator, segmenter, z, c, psi=1.0, batch=batch)
+  models, params = bundle_lib.ModelBundle.from_models(generator=generator, segmenter=segmenter)
+  data = groundtruth.generate_and_segment(models, params, z, c, psi=1.0, batch=batch)
   return iou_summary(data["masks"], data["true_masks"], segmenter.config.label_names
                      or world.PART_NAMES)
 
@@ -127,7 +131,7 @@ def iou_summary(pred: np.ndarray, true: np.ndarray, label_names: Any) -> dict[st
   names = tuple(label_names)
   iou = groundtruth.segmentation_iou(pred, true, len(names))
   if true.shape[-1] != pred.shape[-1]:
-    true = seg_lib.resize_masks(true, pred.shape[-1])
+    true = masks_lib.resize_masks(true, pred.shape[-1])
   return {"miou": float(np.nanmean(iou)), "miou_parts": float(np.nanmean(iou[1:])),
           "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
           "pixel_accuracy": float(np.mean(pred == true)), "n": int(pred.shape[0])}
@@ -149,7 +153,7 @@ def train(generator: nnx.Module, config: SegmenterTrainConfig, *, key: jax.Array
   ws, masks, _ = labelled_set(generator, jax.random.fold_in(key, 0), config.n_per_class)
   log_fn(f"{len(ws)} labelled images; training segmenter {config.size} at "
          f"{config.resolution}px for {config.epochs} epochs")
-  model, losses = seg_lib.train_on_generator(
+  model, losses = segmenter_train.train_on_generator(
       jax.random.fold_in(key, 1), generator, ws, masks, world.PART_NAMES, size=config.size,
       epochs=config.epochs, resolution=config.resolution, batch_size=len(ws),
       crop_margins=config.crop_margins,
@@ -184,6 +188,6 @@ def train_and_save(generator_dir: str | pathlib.Path, out_dir: str | pathlib.Pat
   checkpoint.save(out_dir, model)
   record = dict(metrics, seed=seed, train_config=dataclasses.asdict(config),
                 generator=str(generator_dir))
-  (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+  files.write_json(out_dir / "metrics.json", record)
   log_fn(f"saved {out_dir}")
   return metrics

@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.signal
+import scipy.special
 from flax import nnx
 from jax import lax
 
@@ -274,8 +276,6 @@ def tiny_config(resolution: int = 32, **kw: Any) -> StyleGANXLConfig:
 def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
                           radial: bool = False) -> np.ndarray | None:
   """Kaiser low-pass filter as `SynthesisLayer.design_lowpass_filter` (None for 1 tap)."""
-  import scipy.signal  # only for random-weight models; converted models carry stored filters
-  import scipy.special
   if numtaps == 1:
     return None
   if not radial:
@@ -535,60 +535,3 @@ class StyleGANXL(nnx.Module):
                cutoff: int | None = None) -> jax.Array:
     """z: [B, z_dim], class_idx: [B] -> images [B, 3, H, W]."""
     return self.synthesis(self.mapping(z, class_idx, psi=psi, cutoff=cutoff))
-
-
-# --------------------------------------------------------------------------------------------
-# Sampling
-
-
-def seed_latents(seeds: list[int] | tuple[int, ...], z_dim: int) -> np.ndarray:
-  """The reference's per-seed latents: z = numpy.random.RandomState(seed).randn(z_dim).
-
-  Args:
-    seeds: N integer seeds.
-    z_dim: latent width.
-  Returns:
-    [N, z_dim] float32.
-  """
-  return np.stack([np.random.RandomState(int(s)).randn(z_dim) for s in seeds]).astype(np.float32)
-
-
-def generate(model: StyleGANXL, z: np.ndarray, class_idx: np.ndarray, *, psi: float = 1.0,
-             cutoff: int | None = None, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-  """Maps and synthesises in fixed-size jitted batches (the last one padded, so one compile).
-
-  Args:
-    model: the generator.
-    z: [N, z_dim] latents; class_idx: [N] int class indices.
-    psi: truncation psi towards w_avg[class]; cutoff: truncate only the first `cutoff` ws rows.
-    batch_size: samples per compiled call.
-  Returns:
-    (ws [N, num_ws, w_dim] float32, images_uint8 [N, H, W, 3]) with the reference's
-    `(x + 1) * 127.5`, clip, truncating cast.
-  """
-  from linkjax import preprocess  # noqa: PLC0415  (keeps the model module light)
-
-  graphdef, state = nnx.split(model)
-
-  psi = float(psi)  # static: psi == 1 skips truncation exactly like the reference
-
-  @jax.jit
-  def run(state, z, c):
-    g = nnx.merge(graphdef, state)
-    ws = g.mapping(z, c, psi=psi, cutoff=cutoff)
-    return ws, preprocess.to_uint8(g.synthesis(ws))
-
-  z = np.asarray(z, np.float32)
-  class_idx = np.asarray(class_idx, np.int32)
-  n = z.shape[0]
-  ws_out, img_out = [], []
-  for start in range(0, n, batch_size):
-    zb, cb = z[start:start + batch_size], class_idx[start:start + batch_size]
-    pad = batch_size - zb.shape[0]
-    if pad:
-      zb = np.concatenate([zb, np.zeros((pad, z.shape[1]), np.float32)])
-      cb = np.concatenate([cb, np.zeros((pad,), np.int32)])
-    ws, img = run(state, zb, cb)
-    ws_out.append(np.asarray(ws)[:batch_size - pad])
-    img_out.append(np.asarray(img)[:batch_size - pad])
-  return np.concatenate(ws_out), np.concatenate(img_out)

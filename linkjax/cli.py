@@ -1,0 +1,49 @@
+"""Running absl binaries: expected errors are one line and exit status 2.
+
+A wrong file, a bad argument or a conflicting output directory is the user's to fix: the binary
+prints `error: <what is wrong and what to do>` and exits with status 2, without a traceback.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app, flags
+
+from linkjax import jobs
+
+# Exceptions that describe a problem with the user's input or files (our error types derive
+# from these: CheckpointError, FileError, PairsError, TorchFileError, ConversionError, ...).
+EXPECTED: tuple[type[BaseException], ...] = (ValueError, jobs.JobError, FileNotFoundError,
+                                             NotADirectoryError, IsADirectoryError,
+                                             PermissionError)
+
+
+def run(main: Callable[[Sequence[str]], Any]) -> None:
+  """`absl.app.run(main)`, with expected errors reported as one `error:` line and exit 2."""
+
+  def checked(argv: Sequence[str]) -> Any:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+    try:
+      return main(argv)
+    except EXPECTED as e:
+      message = str(e).strip() or type(e).__name__
+      sys.stderr.write(f"error: {message}\n")
+      sys.stderr.flush()
+      sys.exit(2)
+
+  app.run(checked, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag reported as one `error:` line and exit 2."""
+  try:
+    return flags.FLAGS(list(argv))
+  except flags.Error as e:
+    sys.stderr.write(f"error: {e} (see --help)\n")
+    sys.stderr.flush()
+    sys.exit(2)

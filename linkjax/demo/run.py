@@ -1,0 +1,88 @@
+"""Running the demo: stages in order, each resumable, then report.html and summary.json."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+from absl import logging
+
+from linkjax import files, jobs
+from linkjax.demo import config as config_lib
+from linkjax.demo import report, stages
+from linkjax.demo.config import DemoConfig
+
+DONE = "DONE.json"
+STAGES = tuple(stages.STAGES)
+OUTPUTS = (*STAGES, "report.html", "summary.json")
+
+
+class QualityError(RuntimeError):
+  """A miniworld quality number is below its threshold."""
+
+
+def _cpu_seconds() -> float:
+  ru = resource.getrusage(resource.RUSAGE_SELF)
+  return ru.ru_utime + ru.ru_stime
+
+
+def _stage(ctx: stages.Context, name: str) -> dict[str, Any]:
+  d = ctx.out / name
+  marker = d / DONE
+  if marker.exists():
+    ctx.log(f"[{name}] already done, skipping (delete {marker} to redo it)")
+    return files.read_json(marker)
+  d.mkdir(parents=True, exist_ok=True)
+  ctx.log(f"[{name}] starting")
+  t0, c0 = time.time(), _cpu_seconds()
+  res = files.json_safe(stages.STAGES[name](ctx, d))
+  res["_timing"] = {"wall_s": time.time() - t0, "cpu_s": _cpu_seconds() - c0}
+  files.write_json(marker, res)
+  ctx.log(f"[{name}] done in {res['_timing']['wall_s']:.1f} s wall, "
+          f"{res['_timing']['cpu_s']:.1f} s CPU")
+  return res
+
+
+def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
+             log: Callable[[str], None] = logging.info) -> dict[str, Any]:
+  """Runs every stage (skipping finished ones), writes report.html and summary.json.
+
+  Args:
+    cfg: the run's settings.
+    out_dir: output directory (created; a `jobs.RunDir` of kind 'demo').
+    overwrite: delete an existing run with other settings in `out_dir` instead of refusing.
+    log: progress sink.
+  Returns:
+    The summary dict (summary.json).
+  Raises:
+    QualityError: `cfg.check_quality` and a quality number misses its threshold.
+  """
+  out = pathlib.Path(out_dir)
+  with jobs.RunDir(out, "demo", config_lib.record(cfg), OUTPUTS, overwrite=overwrite):
+    ctx = stages.Context(cfg, out, log)
+    t0, c0 = time.time(), _cpu_seconds()
+    results: dict[str, dict[str, Any]] = {}
+    for name in STAGES:
+      if name == "world" and not cfg.miniworld:
+        log("[world] skipped: external checkpoints have no renderer ground truth")
+        continue
+      results[name] = _stage(ctx, name)
+    summary = report.build_summary(ctx, results)
+    summary["this_process"] = {"wall_s": time.time() - t0, "cpu_s": _cpu_seconds() - c0}
+    files.write_json(out / "summary.json", summary)
+    path = report.write_report(ctx, results, summary)
+  log(f"wrote {path} and {out / 'summary.json'} (stages {summary['total_wall_s']:.0f} s wall, "
+      f"{summary['total_cpu_s']:.0f} s CPU in total; this process "
+      f"{summary['this_process']['wall_s']:.0f} s)")
+  for k, v in summary["quality_checks"].items():
+    log(f"quality {k}: {v['value']} (threshold {v['threshold']}) "
+        f"{'pass' if v['passed'] else 'FAIL'}")
+  failed = {k: v for k, v in summary["quality_checks"].items() if not v["passed"]}
+  if cfg.check_quality and failed:
+    raise QualityError("quality checks failed: " + "; ".join(
+        f"{k} = {v['value']} (threshold {v['threshold']})" for k, v in failed.items()))
+  return summary
