@@ -402,3 +402,25 @@ def test_build_only_on_known_objects(tmp_path):
   finally:
     torch_pickle._rebuild_parameter.__defaults__ = saved
 
+
+# --- the torchvision converter's value check (finding 5 for ResNets) ------------------------------
+
+def test_torchvision_converter_checks_values():
+  tv = pytest.importorskip("ports.torchvision")
+  from linkjax.models import resnet
+  config = resnet.ResNetConfig(depth=10, width=4, num_classes=3, stage_sizes=(1, 1, 1, 1),
+                               block="basic", resize=40, crop=32)
+  rng = np.random.default_rng(0)
+  sd = {k: rng.standard_normal(s).astype(np.float32) for k, s in tv.source_shapes(config).items()}
+  bad = dict(sd)
+  bad["layer1.0.conv1.weight"] = sd["layer1.0.conv1.weight"].copy()
+  bad["layer1.0.conv1.weight"][0, 0, 0, 0] = np.nan
+  bad["fc.bias"] = sd["fc.bias"].astype(np.float64)
+  with pytest.raises(tv.ConversionError) as e:
+    tv.convert_state_dict(bad, config)
+  assert "layer1.0.conv1.weight" in str(e.value) and "NaN" in str(e.value)
+  assert "fc.bias" in str(e.value) and "float64" in str(e.value)
+  bad["fc.bias"] = sd["fc.bias"].astype(np.float16)
+  model = tv.convert_state_dict(bad, config, allow_nonfinite=True)
+  assert np.isnan(np.asarray(model.layer1[0].conv1.kernel[...])).sum() == 1
+  assert model.fc.bias[...].dtype == np.float32
