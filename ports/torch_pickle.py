@@ -300,8 +300,9 @@ def _rebuild_tensor_v2(storage: Storage, storage_offset: int, size: tuple, strid
   (context or _ReadContext()).admit_tensor(numel * itemsize, data.nbytes, size, stride)
   if numel == 0:
     return np.zeros(size, data.dtype)
-  out = np.lib.stride_tricks.as_strided(
-      data[offset:], shape=size, strides=tuple(s * itemsize for s in stride))
+  # A size-1 dimension's stride never moves (and may be any size in torch): use 0 for it.
+  strides = tuple(s * itemsize if n > 1 else 0 for n, s in zip(size, stride))
+  out = np.lib.stride_tricks.as_strided(data[offset:], shape=size, strides=strides)
   return np.array(out)  # copy: contiguous, owns its memory
 
 
@@ -344,7 +345,8 @@ def _numpy_reconstruct(cls: Any, shape: Any, dtype: Any) -> np.ndarray:
 
 def _numpy_dtype(code: Any, align: Any = False, copy: Any = False) -> np.dtype:
   """`numpy.dtype(code, align, copy)` for the plain types of _ARRAY_DTYPES only."""
-  if not isinstance(code, str) or align not in (False, 0) or copy not in (True, False, 0, 1):
+  if not isinstance(code, str) or not isinstance(align, (bool, int)) or align \
+     or not isinstance(copy, (bool, int)):
     raise TorchFileError(f"numpy dtype {short_repr(code, 80)} is not a plain number type")
   body = code[1:] if code[:1] in "<|=" and code else code
   for full in (f"<{body}", f"|{body}"):

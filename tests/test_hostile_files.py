@@ -326,27 +326,33 @@ def test_real_fixture_reads_under_the_memory_limit(fixtures_dir):
 # --- finding 4: the reader's own error for every malformed value ----------------------------------
 
 _MALFORMED = {
-    "negative_size": (tensor(zip_storage(16), 0, (-1,), (1,)), 16),
-    "size_2_64": (tensor(zip_storage(16), 0, (2**64,), (1,)), 16),
-    "size_2_64_stride0": (tensor(zip_storage(16), 0, (2**64,), (0,)), 16),
-    "stride_wrong_length": (tensor(zip_storage(16), 0, (2, 2), (2,)), 16),
-    "string_size": (tensor(zip_storage(16), 0, ("4",), (1,)), 16),
-    "bool_size": (tensor(zip_storage(16), 0, (True,), (1,)), 16),
-    "float_offset": (tensor(zip_storage(16), 1.5, (2,), (1,)), 16),
-    "scalar_offset_out_of_range": (tensor(zip_storage(16), 99, (), ()), 16),
-    "string_storage_numel": (tensor(zip_storage("16"), 0, (2,), (1,)), 16),
-    "negative_storage_numel": (tensor(zip_storage(-4), 0, (2,), (1,)), 16),
-    "storage_numel_past_data": (tensor(zip_storage(10**12), 0, (2,), (1,)), 16),
-    "size_not_a_tuple": (tensor(zip_storage(16), 0, 4, (1,)), 16),
-    "storage_not_a_storage": (tensor(3, 0, (2,), (1,)), 16),
-    "too_few_arguments": (Call(Glob("torch._utils", "_rebuild_tensor_v2"), (1,)), 16),
+    "negative_size": tensor(zip_storage(16), 0, (-1,), (1,)),
+    "size_2_64": tensor(zip_storage(16), 0, (2**64,), (1,)),
+    "size_2_64_stride0": tensor(zip_storage(16), 0, (2**64,), (0,)),
+    "stride_wrong_length": tensor(zip_storage(16), 0, (2, 2), (2,)),
+    "string_size": tensor(zip_storage(16), 0, ("4",), (1,)),
+    "bool_size": tensor(zip_storage(16), 0, (True,), (1,)),
+    "float_offset": tensor(zip_storage(16), 1.5, (2,), (1,)),
+    "scalar_offset_out_of_range": tensor(zip_storage(16), 99, (), ()),
+    "string_storage_numel": tensor(zip_storage("16"), 0, (2,), (1,)),
+    "negative_storage_numel": tensor(zip_storage(-4), 0, (2,), (1,)),
+    "storage_numel_past_data": tensor(zip_storage(10**12), 0, (2,), (1,)),
+    "size_not_a_tuple": tensor(zip_storage(16), 0, 4, (1,)),
+    "storage_not_a_storage": tensor(3, 0, (2,), (1,)),
+    "too_few_arguments": Call(Glob("torch._utils", "_rebuild_tensor_v2"), (1,)),
 }
+
+
+def test_any_stride_on_a_size_one_dimension(tmp_path):
+  """torch allows any stride where the size is 1; it must neither overflow nor be refused."""
+  path = write_pth(tmp_path / "s1.pth", {"w": tensor(zip_storage(16), 3, (1, 2), (10**30, 1))},
+                   {"0": F32})
+  np.testing.assert_array_equal(torch_pickle.load_state_dict(path)["w"], [[3, 4]])
 
 
 @pytest.mark.parametrize("name", sorted(_MALFORMED))
 def test_malformed_tensor_is_a_torch_file_error(tmp_path, name):
-  obj, _ = _MALFORMED[name]
-  path = write_pth(tmp_path / f"{name}.pth", {"w": obj}, {"0": F32})
+  path = write_pth(tmp_path / f"{name}.pth", {"w": _MALFORMED[name]}, {"0": F32})
   with pytest.raises(torch_pickle.TorchFileError) as e:
     torch_pickle.load_state_dict(path)
   msg = str(e.value)
