@@ -49,23 +49,16 @@ class ConversionError(ValueError):
   """Source files missing, malformed or not covering the target exactly."""
 
 
-def _numpy_reconstruct(cls: Any, shape: Any, dtype: Any) -> np.ndarray:
-  return np.ndarray.__new__(np.ndarray, shape, dtype)
+class _NumpyOnlyUnpickler(torch_pickle.RestrictedUnpickler):
+  """Resolves only numpy's ndarray/dtype reconstruction, checked as in `ports.torch_pickle`
+  (plain dtypes, bounded sizes); any other global is refused."""
 
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-  """Resolves only numpy's ndarray/dtype reconstruction; any other global is refused."""
-
-  _ALLOWED = {
-      ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-      ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-      ("numpy", "ndarray"): np.ndarray,
-      ("numpy", "dtype"): np.dtype,
-  }
+  def __init__(self, file: Any):
+    super().__init__(file, lenient=False)
 
   def find_class(self, module: str, name: str) -> Any:
-    if (module, name) in self._ALLOWED:
-      return self._ALLOWED[(module, name)]
+    if (module, name) in torch_pickle.NUMPY_GLOBALS:
+      return torch_pickle.NUMPY_GLOBALS[(module, name)]
     raise ConversionError(f"refusing to load: the pickle names the global {module}.{name}")
 
 
@@ -116,20 +109,26 @@ def read_legacy_torch(raw: bytes) -> dict[str, np.ndarray]:
   again after the raw storages that follow it have been read.
   """
   f = io.BytesIO(raw)
+
+  def plain() -> Any:  # never the stock unpickler: these bytes come from a download
+    return torch_pickle.RestrictedUnpickler(f, lenient=False).load()
+
   try:
-    if pickle.load(f) != 0x1950A86A20F9469CFC6C:
+    if plain() != 0x1950A86A20F9469CFC6C:
       raise ConversionError("not a legacy torch file (magic number mismatch)")
-    pickle.load(f)  # protocol version
-    torch_pickle.RestrictedUnpickler(f, lenient=False).load()  # sys info
+    plain()  # protocol version
+    plain()  # sys info
     obj_start = f.tell()
     types: dict[str, tuple[torch_pickle.StorageType, int]] = {}
 
     def placeholder(storage_type, key, numel):
+      if numel * np.dtype(storage_type.dtype or np.uint16).itemsize > len(raw):  # data follows
+        raise ConversionError(f"storage {key} claims {numel} elements in a {len(raw)}-byte file")
       types[key] = (storage_type, numel)
       return torch_pickle.Storage(np.zeros(numel, storage_type.dtype))
 
     torch_pickle.RestrictedUnpickler(f, lenient=False, storages=placeholder).load()
-    keys = pickle.load(f)
+    keys = plain()
     storages = {}
     for key in keys:
       storage_type, _ = types[str(key)]

@@ -22,7 +22,7 @@ from flax import nnx
 
 from linkjax import checkpoint
 from linkjax.models import resnet
-from ports import torch_pickle
+from ports import torch_pickle, validate
 
 # Buffers torch keeps for training only; they have no counterpart in an inference model.
 IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -111,18 +111,21 @@ def _set_nested(tree: dict, path: Sequence, value: np.ndarray) -> None:
   tree[path[-1]] = value
 
 
-def convert_state_dict(sd: dict[str, np.ndarray], config: resnet.ResNetConfig) -> resnet.ResNet:
+def convert_state_dict(sd: dict[str, np.ndarray], config: resnet.ResNetConfig, *,
+                       allow_nonfinite: bool = False) -> resnet.ResNet:
   """Builds a ResNet from a torchvision state dict.
 
   Args:
     sd: {torch key: array}, e.g. from `ports.torch_pickle.load_state_dict`.
     config: target architecture.
+    allow_nonfinite: accept NaN/inf values (refused by default).
 
   Returns:
     the ResNet with all parameters and BatchNorm statistics from `sd` (float32).
 
   Raises:
-    ConversionError: listing every missing, unexpected and shape-mismatched key at once.
+    ConversionError: listing every missing, unexpected and shape-mismatched key, and every
+      tensor that is not float32/float16/bfloat16 or not finite, at once.
   """
   graphdef, abstract_state = _abstract(config)
   targets = {tuple(path): var.get_value() for path, var in nnx.to_flat_state(abstract_state)}
@@ -143,10 +146,10 @@ def convert_state_dict(sd: dict[str, np.ndarray], config: resnet.ResNetConfig) -
       mismatched.append(f"{src}: file {tuple(sd[src].shape)} -> {value.shape}, "
                         f"model expects {targets[dst].shape}")
       continue
-    if not np.issubdtype(value.dtype, np.floating):
-      mismatched.append(f"{src}: dtype {value.dtype} is not floating point")
-      continue
-    values[dst] = value.astype(np.float32)
+    try:
+      values[dst] = validate.float_tensor(src, value, allow_nonfinite=allow_nonfinite)
+    except validate.TensorValueError as e:
+      mismatched.append(str(e))
   used = {src for src, _, _ in rows}
   unexpected = sorted(k for k in sd if k not in used and not k.endswith(IGNORED_SUFFIXES))
   if missing or unexpected or mismatched:
@@ -212,7 +215,8 @@ def config_for_arch(arch: str, sd: dict[str, np.ndarray], **overrides) -> resnet
 
 
 def convert_file(pth: str | pathlib.Path, out: str | pathlib.Path, arch: str | None = None,
-                 resize: int | None = 256, crop: int | None = 224) -> resnet.ResNet:
+                 resize: int | None = 256, crop: int | None = 224, *,
+                 allow_nonfinite: bool = False) -> resnet.ResNet:
   """Reads a torchvision .pth, converts it and saves a linkjax checkpoint to `out`.
 
   Args:
@@ -221,6 +225,7 @@ def convert_file(pth: str | pathlib.Path, out: str | pathlib.Path, arch: str | N
     arch: 'resnet50' etc., or None to infer the layout from the keys.
     resize, crop: the eval transform recorded in the config (torchvision's IMAGENET1K_V1
       weights: 256/224; IMAGENET1K_V2: 232/224).
+    allow_nonfinite: convert tensors holding NaN/inf instead of refusing them.
 
   Returns:
     the converted ResNet.
@@ -229,7 +234,7 @@ def convert_file(pth: str | pathlib.Path, out: str | pathlib.Path, arch: str | N
   geometry = {"resize": resize, "crop": crop}
   config = config_for_arch(arch, sd, **geometry) if arch else infer_config(sd, **geometry)
   logging.info("converting %s as %s", pth, config)
-  model = convert_state_dict(sd, config)
+  model = convert_state_dict(sd, config, allow_nonfinite=allow_nonfinite)
   checkpoint.save(out, model)
   return model
 
@@ -243,6 +248,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("resize", 256, "shorter side of the classifier's eval transform, in "
                        "pixels, stored in the config (torchvision V1 weights: 256, V2: 232).")
   flags.DEFINE_integer("crop", 224, "centre crop of the eval transform, in pixels.")
+  flags.DEFINE_bool("allow_nonfinite", False, "convert tensors that hold NaN or inf (refused by "
+                    "default).")
   flags.mark_flags_as_required(["pth", "out"])
 
 
@@ -252,7 +259,8 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   logging.info("flags: arch=%s pth=%s out=%s resize=%d crop=%d", f.arch, f.pth, f.out,
                f.resize, f.crop)
-  convert_file(f.pth, f.out, f.arch, resize=f.resize, crop=f.crop)
+  convert_file(f.pth, f.out, f.arch, resize=f.resize, crop=f.crop,
+               allow_nonfinite=f.allow_nonfinite)
   logging.info("wrote %s", f.out)
 
 

@@ -234,9 +234,104 @@ def test_cli_writes_checkpoint(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[1]
   out = tmp_path / "ckpt"
   r = subprocess.run([sys.executable, "-m", "ports.stylegan_xl", f"--pkl={FIXTURES / 'sgxl_tiny.pkl'}",
-                      f"--out={out}"], cwd=root, capture_output=True, text=True,
-                     env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+                      f"--out={out}", "--noallow_nonfinite"], cwd=root, capture_output=True,
+                     text=True, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
   assert r.returncode == 0, r.stderr[-2000:]
   from linkjax import checkpoint
   arch, config = checkpoint.read_config(out)
   assert arch == "stylegan_xl" and config.num_ws == 10
+
+
+# --- values and geometry a StyleGAN-XL generator cannot have -------------------------------------
+
+def _fresh_generator():
+  if not FIXTURES.is_dir():
+    pytest.skip("fixtures absent")
+  return torch_pickle.load_network_pickle(FIXTURES / "sgxl_tiny.pkl").data["G_ema"]
+
+
+def _module(g, name):
+  syn = g.state["_modules"]["synthesis"]
+  if name == "G":
+    return g
+  if name == "G.synthesis":
+    return syn
+  return syn.state["_modules"][name]
+
+
+@pytest.mark.parametrize("target,attr,value", [
+    ("L0_36_16", "up_factor", 1e6),
+    ("L0_36_16", "up_factor", 10**6),
+    ("L0_36_16", "up_taps", 10**6),
+    ("L0_36_16", "down_factor", 4),
+    ("L9_32_3", "out_size", np.array([4096, 4096])),
+    ("L9_32_3", "in_size", np.array([40, 40])),
+    ("L1_36_16", "in_channels", 17),
+    ("L5_36_16", "in_size", np.array([52, 52])),
+    ("L0_36_16", "in_size", "36"),
+    ("L0_36_16", "conv_kernel", 4),
+    ("L9_32_3", "conv_kernel", 3),
+    ("L0_36_16", "padding", [9, 8, 9, 10**6]),
+    ("L0_36_16", "in_sampling_rate", float("nan")),
+    ("L0_36_16", "tmp_sampling_rate", 10**9),
+    ("L3_36_16", "out_cutoff", 1e9),
+    ("L0_36_16", "conv_clamp", float("inf")),
+    ("L0_36_16", "is_torgb", True),
+    ("G", "img_resolution", 48),
+    ("G", "img_resolution", 4096),
+    ("G", "img_channels", 1000),
+    ("input", "size", np.array([10**6, 10**6])),
+    ("input", "bandwidth", 8.0),
+    ("G.synthesis", "output_scale", float("nan")),
+])
+def test_geometry_outside_stylegan_xl_is_refused(target, attr, value):
+  from ports.stylegan_xl import config_from_generator
+  g = _fresh_generator()
+  config_from_generator(g)  # the fixture itself is accepted
+  _module(g, target).state[attr] = value
+  with pytest.raises(ConversionError) as e:
+    config_from_generator(g)
+  msg = str(e.value)
+  assert attr in msg and (target in msg or target == "G") and "\n" not in msg and len(msg) < 600
+
+
+def test_shared_reference_attribute_gives_a_short_error():
+  """A layer attribute made of one inner list referenced 1000 times (a few KB in the file)."""
+  import time
+
+  from ports.stylegan_xl import config_from_generator
+  g = _fresh_generator()
+  inner = list(range(1000))
+  _module(g, "L0_36_16").state["padding"] = [inner] * 1000
+  t = time.time()
+  with pytest.raises(ConversionError) as e:
+    config_from_generator(g)
+  assert time.time() - t < 0.5
+  assert "padding" in str(e.value) and len(str(e.value)) < 600
+
+
+def test_nonfinite_weights_refused_unless_allowed(tmp_path):
+  g = _fresh_generator()
+  params = _module(g, "L0_36_16").state["_parameters"]
+  w = np.array(params["weight"])
+  w[0, 0, 0, 0] = np.nan
+  params["weight"] = w
+  p = tmp_path / "nan.pkl"
+  _write_official(p, g, module_src="")
+  with pytest.raises(ConversionError) as e:
+    convert_network_pickle(p)
+  assert "synthesis.L0_36_16.weight" in str(e.value) and "NaN" in str(e.value)
+  model = convert_network_pickle(p, allow_nonfinite=True)
+  assert int(jnp.isnan(model.synthesis.L0_36_16.weight[...]).sum()) == 1
+
+
+def test_non_float32_weights_refused():
+  from ports.stylegan_xl import _fill, config_from_generator, source_tensors
+  g = _fresh_generator()
+  fc0 = g.state["_modules"]["mapping"].state["_modules"]["fc0"]
+  fc0.state["_parameters"]["weight"] = fc0.state["_parameters"]["weight"].astype(np.float64)
+  fc0.state["_parameters"]["bias"] = fc0.state["_parameters"]["bias"].astype(np.int32)
+  with pytest.raises(ConversionError) as e:
+    _fill(config_from_generator(g), source_tensors(g))
+  assert "mapping.fc0.weight: dtype float64" in str(e.value)
+  assert "mapping.fc0.bias: dtype int32" in str(e.value)
