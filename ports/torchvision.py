@@ -28,8 +28,15 @@ from flax import nnx
 from linkjax import checkpoint, models
 from ports import torch_pickle
 from ports import torchvision_tables as tables
-from ports.torchvision_tables import (ARCHS, ConversionError, Row, config_for_arch,  # noqa: F401
-                                      identity, linear_to_kernel, oihw_to_hwio)
+from ports.torchvision_tables import (  # noqa: F401
+  ARCHS,
+  ConversionError,
+  Row,
+  config_for_arch,
+  identity,
+  linear_to_kernel,
+  oihw_to_hwio,
+)
 
 # Buffers torch keeps for training only; they have no counterpart in an inference model.
 IGNORED_SUFFIXES = ("num_batches_tracked",)

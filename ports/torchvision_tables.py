@@ -225,8 +225,8 @@ def densenet_table(config: densenet.DenseNetConfig) -> list[Row]:
 
 
 # torchvision densenet._load_state_dict's pattern for the 2017 checkpoints' keys.
-LEGACY_DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+LEGACY_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                                 r"((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def densenet_renames(keys: Iterable[str]) -> dict[str, str]:

@@ -50,7 +50,7 @@ def avg_pool2d(x: jax.Array, k: int, stride: int) -> jax.Array:
   return s / jnp.asarray(k * k, x.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adaptive_bins(n_in: int, n_out: int) -> tuple[tuple[int, int], ...]:
   """PyTorch's adaptive pooling bins [(start, end), ...] for one axis."""
   if n_in < 1 or n_out < 1:
