@@ -1,9 +1,11 @@
-r"""Classifies uint8 images with a converted ResNet; writes R, logits, probabilities, argmax.
+r"""Classifies uint8 images with a converted classifier; writes R, logits, probabilities, argmax.
 
     python -m experiments.classify --classifier=ckpt/resnet50 --images=imgs.npy --out=cls.npz
 
-Images go through the exact torchvision eval transform stored in the checkpoint's config
-(resize/crop), see `linkjax.preprocess.classifier_input`.
+Any 'classifier' checkpoint works (ResNet, VGG, AlexNet, DenseNet from `python -m
+ports.torchvision`); R is the layer its config's `r_layer` names. Images go through the exact
+torchvision eval transform stored in the checkpoint's config (resize/crop), see
+`linkjax.preprocess.classifier_input`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ _IMAGES = flags.DEFINE_string(
     "images", None, "uint8 images [N, H, W, 3]: a .npy, a .npz (one array or one named "
     "'images') or a folder of .png files (sorted by name, all the same size).")
 _OUT = flags.DEFINE_string(
-    "out", None, "output .npz with r [N, C] float32, logits [N, K] float32, probs [N, K] "
-    "float32 (softmax) and pred [N] int32.")
+    "out", None, "output .npz with r [N, R] float32 (the classifier's representation layer), "
+    "logits [N, K] float32, probs [N, K] float32 (softmax) and pred [N] int32.")
 _BATCH = flags.DEFINE_integer(
     "batch", 32, "images per forward pass (the last batch is zero-padded; default 32).", lower_bound=1)
 
