@@ -100,6 +100,10 @@ def test_classify_batches_from_uint8(name):
                                   crop=int(ref["crop"]))
   assert _rel_err(x, ref["x_nchw"].transpose(0, 2, 3, 1)) <= TOL
   out = classifier.classify_batches(model, ref["img_uint8"], batch=1)
+  size = classifier.classify._cache_size()
+  again = classifier.classify_batches(model, ref["img_uint8"][::-1], batch=1)  # no retrace
+  assert classifier.classify._cache_size() == size
+  np.testing.assert_array_equal(again["logits"], out["logits"][::-1])
   assert _rel_err(out["r"], ref["r_original"]) <= TOL
   assert _rel_err(out["logits"], ref["logits"]) <= TOL
   np.testing.assert_array_equal(out["pred"], ref["logits"].argmax(-1))
