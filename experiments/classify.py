@@ -2,8 +2,10 @@ r"""Classifies uint8 images with a converted classifier; writes R, logits, proba
 
     python -m experiments.classify --classifier=ckpt/resnet50 --images=imgs.npy --out=cls.npz
 
-Images go through the exact torchvision eval transform stored in the checkpoint's config
-(resize/crop), see `linkjax.classifier`.
+Any 'classifier' checkpoint works (ResNet, VGG, AlexNet, DenseNet from `python -m
+ports.torchvision`); R is the layer its config's `r_layer` names. Images go through the exact
+torchvision eval transform stored in the checkpoint's config (resize/crop), see
+`linkjax.classifier`.
 """
 
 import time
@@ -19,8 +21,8 @@ _IMAGES = flags.DEFINE_string(
     "images", None, "uint8 images [N, H, W, 3]: a .npy, a .npz (one array or one named "
     "'images') or a folder of .png files (sorted by name, all the same size).", required=True)
 _OUT = flags.DEFINE_string(
-    "out", None, "output .npz with r [N, R] float32, logits [N, K] float32, probs [N, K] "
-    "float32 (softmax) and pred [N] int32.", required=True)
+    "out", None, "output .npz with r [N, R] float32 (the classifier's representation layer), "
+    "logits [N, K] float32, probs [N, K] float32 (softmax) and pred [N] int32.", required=True)
 _BATCH = flags.DEFINE_integer(
     "batch", 32, "images per forward pass (the last batch is padded; default 32).", lower_bound=1)
 

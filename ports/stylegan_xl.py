@@ -32,8 +32,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags, logging
 from flax import nnx
 
+from linkjax import checkpoint, cli
 from linkjax.models import stylegan_xl as sx
 from ports import torch_pickle, validate
 from ports.torch_pickle import ForbiddenGlobalError, PersistentObject, TorchFileError, TorchModule
@@ -425,8 +427,6 @@ def convert_network_pickle(path: str | pathlib.Path, net: str = "G_ema", *,
 
 
 def main(argv: list[str]) -> None:
-  from absl import logging
-  from linkjax import checkpoint
   del argv
   logging.info("converting %s[%s] -> %s", FLAGS.pkl, FLAGS.net, FLAGS.out)
   model = convert_network_pickle(FLAGS.pkl, FLAGS.net, allow_nonfinite=FLAGS.allow_nonfinite)
@@ -438,14 +438,13 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
   flags.DEFINE_string("pkl", None, "StyleGAN-XL network pickle (official format, e.g. "
                       "imagenet256.pkl). Read without torch; embedded code is never executed.")
-  flags.DEFINE_string("out", None, "Output checkpoint directory (overwritten).")
+  flags.DEFINE_string("out", None, "Output checkpoint directory (an existing linkjax generator "
+                      "checkpoint is replaced; any other existing folder is refused).")
   flags.DEFINE_enum("net", "G_ema", ["G_ema", "G"], "Which generator entry to convert.")
   flags.DEFINE_bool("allow_nonfinite", False, "Convert tensors that hold NaN or inf (refused by "
                     "default: a checkpoint with them cannot generate images).")
   flags.mark_flags_as_required(["pkl", "out"])
   FLAGS = flags.FLAGS
-  app.run(main)
+  cli.run(main)

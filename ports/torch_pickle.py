@@ -50,7 +50,6 @@ import math
 import pathlib
 import pickle
 import struct
-import types
 import zipfile
 import zlib
 from typing import Any, BinaryIO, Callable

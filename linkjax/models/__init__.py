@@ -40,6 +40,10 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "resnet": Architecture("linkjax.models.resnet", "ResNet", "ResNetConfig", "classifier"),
+    "vgg": Architecture("linkjax.models.vgg", "VGG", "VGGConfig", "classifier"),
+    "alexnet": Architecture("linkjax.models.alexnet", "AlexNet", "AlexNetConfig", "classifier"),
+    "densenet": Architecture("linkjax.models.densenet", "DenseNet", "DenseNetConfig",
+                             "classifier"),
     "stylegan_xl": Architecture("linkjax.models.stylegan_xl", "StyleGANXL", "StyleGANXLConfig",
                                 "generator"),
     "segmenter": Architecture("linkjax.models.segmenter", "FewShotSegmenter", "SegmenterConfig",
