@@ -22,7 +22,7 @@ from flax import nnx
 
 from linkjax import bundle as bundle_lib
 from linkjax import checkpoint, jobs, link, pairs
-from linkjax.models import resnet, segmenter, stylegan_xl
+from linkjax.models import alexnet, densenet, resnet, segmenter, stylegan_xl, vgg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,12 +175,38 @@ def tiny_resnet_config(num_classes: int = 10, width: int = 4) -> resnet.ResNetCo
                              stage_sizes=(1, 1, 1, 1), block="bottleneck", resize=72, crop=64)
 
 
+def tiny_classifier(family: str, num_classes: int = 10, r_layer: str = "original"
+                    ) -> tuple[type, Any]:
+  """(model class, config) of a tiny random-weight classifier of a family, input 72 / 64.
+
+  Args:
+    family: 'resnet', 'vgg', 'vgg_bn', 'alexnet' or 'densenet' (torchvision's layouts at small
+      widths).
+    num_classes: outputs.
+    r_layer: 'original' or 'penultimate'.
+  """
+  geometry = {"num_classes": num_classes, "resize": 72, "crop": 64, "r_layer": r_layer}
+  if family == "resnet":
+    return resnet.ResNet, dataclasses.replace(tiny_resnet_config(num_classes), r_layer=r_layer)
+  if family in ("vgg", "vgg_bn"):
+    return vgg.VGG, vgg.VGGConfig(layers=(4, "M", 8, "M", 8, 8, "M"), hidden=16,
+                                  batch_norm=family == "vgg_bn", **geometry)
+  if family == "alexnet":
+    return alexnet.AlexNet, alexnet.AlexNetConfig(widths=(4, 8, 8, 6, 8), hidden=16, **geometry)
+  if family == "densenet":
+    return densenet.DenseNet, densenet.DenseNetConfig(
+        growth_rate=4, block_config=(2, 2, 1, 1), num_init_features=8, bn_size=2, **geometry)
+  raise ValueError(f"unknown classifier family {family!r}")
+
+
 def build_tiny_world(out_dir: str | pathlib.Path, *, seed: int = 0, num_classes: int = 10,
                      n_pairs: int = 256, generator_dir: str | pathlib.Path | None = None,
-                     batch: int = 64, segmenter_labels: int = 0) -> dict[str, Any]:
+                     batch: int = 64, segmenter_labels: int = 0, classifier: str = "resnet",
+                     r_layer: str = "original") -> dict[str, Any]:
   """Writes tiny random models, a pair directory and an OLS link under `out_dir`.
 
-  Classifier: `tiny_resnet_config(num_classes)`. Generator: `generator_dir` (e.g. the converted
+  Classifier: `tiny_classifier(classifier, num_classes, r_layer)`. Generator: `generator_dir`
+  (e.g. the converted
   fixture) or a random `stylegan_xl.tiny_config()` model. Pairs: z ~ N(0, 1), classes
   0..num_classes-1, psi 0.7; the pair's class is the classifier's prediction on the generated
   image (so every pair is "correct").
@@ -194,6 +220,7 @@ def build_tiny_world(out_dir: str | pathlib.Path, *, seed: int = 0, num_classes:
     batch: generation batch size.
     segmenter_labels: if > 0, also write a random segmenter/ (size S, that many labels, the
       reference's feature layers, masks at the generator's resolution).
+    classifier, r_layer: the classifier family and its representation layer.
   Returns:
     {'classifier', 'generator', 'link', 'pairs', 'segmenter' (or None): paths,
      'class_counts': {class: count}}.
@@ -205,7 +232,7 @@ def build_tiny_world(out_dir: str | pathlib.Path, *, seed: int = 0, num_classes:
     gen = checkpoint.load(generator_dir, role="generator")
   else:
     gen = stylegan_xl.StyleGANXL(stylegan_xl.tiny_config(), rngs=nnx.Rngs(seed))
-  clf = random_module(resnet.ResNet, tiny_resnet_config(num_classes), seed + 1)
+  clf = random_module(*tiny_classifier(classifier, num_classes, r_layer), seed + 1)
   models, params = bundle_lib.ModelBundle.from_models(generator=gen, classifier=clf)
   z_all = jax.random.normal(jax.random.fold_in(key, 0), (n_pairs, gen.config.z_dim), jnp.float32)
   c_all = jax.random.randint(jax.random.fold_in(key, 1), (n_pairs,), 0, num_classes, jnp.int32)
