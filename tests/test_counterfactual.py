@@ -315,6 +315,7 @@ def test_image_distances_and_relative_metrics():
   np.testing.assert_allclose(rel[..., 1:], m[..., 1:] - ref[None, :, 1:])
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny_models(fixtures_dir, tmp_path):
   """Binary on tiny random models: converted fixture generator, tiny ResNet, OLS link, segmenter."""
   gen_dir = tmp_path / "gen_src"

@@ -93,6 +93,7 @@ def tiny_run(tmp_path_factory):
           "second_log": second_log}
 
 
+@pytest.mark.slow
 @needs_weights
 def test_tiny_demo_report_summary_and_resume(tiny_run):
   out = tiny_run["out"]
@@ -127,6 +128,7 @@ def test_tiny_demo_report_summary_and_resume(tiny_run):
   assert tiny_run["again"]["quality_checks"] == tiny_run["summary"]["quality_checks"]
 
 
+@pytest.mark.slow
 @needs_weights
 def test_shipped_weights_meet_quality_thresholds(tiny_run):
   checks = tiny_run["summary"]["quality_checks"]
@@ -136,6 +138,7 @@ def test_shipped_weights_meet_quality_thresholds(tiny_run):
   assert not failed, failed
 
 
+@pytest.mark.slow
 @needs_weights
 def test_check_quality_raises_exactly_when_a_threshold_is_missed(tiny_run):
   checks = tiny_run["summary"]["quality_checks"]

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from linkjax import checkpoint, miniworld, preprocess
@@ -46,6 +47,7 @@ def test_augment_blur_matches_scipy_gaussian_filter():
   assert 0.08 < noisy[inside].std() < 0.12
 
 
+@pytest.mark.slow
 def test_train_updates_batch_stats_and_saves(tmp_path):
   config = tc.TrainConfig(width=2, steps=3, batch_size=8, warmup_steps=1, eval_images=16,
                           log_every=1)

@@ -58,6 +58,7 @@ def test_shipped_generator_matches_renders(shipped):
                 + np.eye(world.NUM_CLASSES) * 1e9) > 1e-3
 
 
+@pytest.mark.slow
 def test_training_step_learns_and_w_avg_is_class_mean():
   cfg = tg.generator_config(w_dim=16, embed_dim=8, channel_base=128, channel_max=8,
                             stem_layers=4, head_layers=4)
@@ -127,6 +128,7 @@ def test_conv2d_vjp_matches_autodiff_of_xla_conv(k, pad):
   np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_equals_uninterrupted_and_sums_wall_time(tmp_path):
   cfg = tg.generator_config(w_dim=16, embed_dim=8, channel_base=128, channel_max=8,
                             stem_layers=4, head_layers=4)

@@ -208,6 +208,7 @@ def tiny_world(tmp_path_factory):
                                   segmenter_labels=4, batch=16)
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny_models(tiny_world, tmp_path):
   """The sweep binary on the converted fixture generator, a tiny ResNet, segmenter and OLS link,
   checked against an independent per-image recomputation."""
