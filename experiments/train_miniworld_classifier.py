@@ -14,11 +14,18 @@ from linkjax.miniworld import train_classifier
 
 _DEFAULTS = train_classifier.TrainConfig()
 _OUT = flags.DEFINE_string("out", "linkjax/miniworld/weights/classifier",
-                           "Checkpoint directory to write (replaced if it exists).")
+                           "Checkpoint directory to write (an existing classifier checkpoint is "
+                           "replaced; any other folder is refused).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed: jax.random.key(seed) drives init, training "
                              "batches and the held-out set (disjoint fold_in streams).")
+_FAMILY = flags.DEFINE_enum("family", _DEFAULTS.family, list(train_classifier.FAMILIES),
+                            "Classifier family: 'resnet' (the shipped one) or 'vgg' (VGG-16 with "
+                            "BatchNorm at widths scaled by --width / 64).")
+_R_LAYER = flags.DEFINE_enum("r_layer", _DEFAULTS.r_layer, ["original", "penultimate"],
+                             "The representation layer R stored in the config.")
 _WIDTH = flags.DEFINE_integer("width", _DEFAULTS.width,
-                              "ResNet stem width (channels); stage i has width*2^i, x4 expansion.")
+                              "ResNet stem width (channels; stage i has width*2^i, x4 expansion); "
+                              "VGG: the first conv's width.")
 _STAGES = flags.DEFINE_list("stage_sizes", [str(s) for s in _DEFAULTS.stage_sizes],
                             "Bottleneck blocks per stage (4 comma-separated ints).")
 _STEPS = flags.DEFINE_integer("steps", _DEFAULTS.steps, "Optimiser steps.")
@@ -39,7 +46,7 @@ _NOISE = flags.DEFINE_float("noise_std", _DEFAULTS.noise_std,
 def main(argv):
   del argv
   config = train_classifier.TrainConfig(
-      width=_WIDTH.value, stage_sizes=tuple(int(s) for s in _STAGES.value), steps=_STEPS.value,
+      family=_FAMILY.value, r_layer=_R_LAYER.value, width=_WIDTH.value, stage_sizes=tuple(int(s) for s in _STAGES.value), steps=_STEPS.value,
       batch_size=_BATCH.value, learning_rate=_LR.value, warmup_steps=_WARMUP.value,
       weight_decay=_WD.value, eval_images=_EVAL.value, log_every=_LOG_EVERY.value,
       blur_sigma_max=_BLUR.value, noise_std=_NOISE.value)

@@ -147,10 +147,25 @@ def _fit_linear(r: Any, w: Any, ridge: float, precision: Precision) -> Params:
     # here, so the float64 products are cheap; centring leaves K singular (the ones vector), which
     # the pseudo-inverse handles.
     rc64, wc64 = np.asarray(rc, np.float64), np.asarray(wc, np.float64)
-    kernel = rc64.T @ _eigh_solve(rc64 @ rc64.T, wc64, ridge)
+    gram_n = rc64 @ rc64.T
+    # Ridge makes the n x n system positive definite: Cholesky, ~10x cheaper than eigh.
+    solved = _cholesky_solve(gram_n, wc64, ridge) if ridge > 0 else None
+    dual = solved[0] if solved is not None else _eigh_solve(gram_n, wc64, ridge)
+    kernel = rc64.T @ dual
   kernel = jnp.asarray(kernel, jnp.float32)
   bias = w_mean - r_mean @ kernel
   return {"kernel": kernel, "bias": bias}
+
+
+def normal_equations(n: int, dim_r: int) -> str:
+  """Which normal equations a linear fit of n samples of R (dim_r) solves: the smaller side.
+
+  'primal' (the dim_r x dim_r Gram matrix, when n > dim_r) or 'dual' (the n x n kernel matrix,
+  when n <= dim_r, e.g. VGG16's 25 088-d or DenseNet-201's 94 080-d R with fewer pairs; the dual
+  costs O(n^3) and n x n float64 memory, ridge solves it by Cholesky, OLS by an
+  eigendecomposition for the minimum-norm solution).
+  """
+  return "primal" if n > dim_r else "dual"
 
 
 def fit_ols(r: Any, w: Any, *, precision: Precision = "auto") -> Params:
@@ -439,6 +454,8 @@ def fit_and_evaluate(r: Any, w: Any, *, model: str = "ols", alpha: float = 1.0,
       "model": model, "alpha": float(alpha) if model == "ridge" else None, "seed": int(seed),
       "holdout": float(holdout), "n_train": int(train_idx.size), "n_test": int(test_idx.size),
       "train_mse": train["mse"], "train_r2": train["r2"], "test_mse": None, "test_r2": None,
+      "normal_equations": (normal_equations(int(train_idx.size), int(r.shape[1]))
+                           if model != "mlp" else None),
   }
   if model == "mlp":
     metrics["mlp"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in mlp_kwargs.items()}

@@ -1,4 +1,4 @@
-"""Trains the miniworld's classifier: the project's Flax ResNet at reduced width on renders.
+"""Trains the miniworld's classifier: a Flax ResNet (or VGG) at reduced width on renders.
 
 Data are rendered on the fly inside the jitted training step (a fresh batch of class labels,
 theta and images each step), so there is no data set to store and no overfitting to a finite
@@ -7,7 +7,12 @@ images do later: float [0, 1] -> uint8 by truncation (`preprocess.to_uint8` of 2
 `preprocess.classifier_input` with the config's resize/crop (None: the 64x64 image itself,
 ImageNet-normalised).
 
-BatchNorm: the ResNet port holds BatchNorm in inference mode. Training uses the same modules
+Families: 'resnet' (the shipped classifier: a bottleneck ResNet, one block per stage) or 'vgg'
+(VGG-16 with BatchNorm, torchvision's vgg16_bn layout with every width scaled by width / 64 and
+hidden layers of 4 x width), both from the classifier registry, so every pipeline runs on them
+unchanged.
+
+BatchNorm: the ports hold BatchNorm in inference mode. Training uses the same modules
 through `nnx.view(model, use_running_average=False)`: batch statistics in the forward pass,
 running averages (momentum 0.9) updated as a side effect and carried between steps; the saved
 model is the ordinary inference-mode ResNet with those running statistics. This is the standard
@@ -20,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 import time
 from typing import Any, Callable
@@ -31,9 +35,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from linkjax import checkpoint, preprocess
+from linkjax import checkpoint, files, models, preprocess
 from linkjax import miniworld as world
-from linkjax.models import resnet
+from linkjax.models import resnet, vgg
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,8 +45,11 @@ class TrainConfig:
   """Classifier training hyper-parameters.
 
   Attributes:
-    width: ResNet stem/stage-1 width (stage i has width * 2^i; bottleneck expands x4).
-    stage_sizes: bottleneck blocks per stage.
+    family: 'resnet' or 'vgg' (see the module docstring).
+    width: ResNet stem/stage-1 width (stage i has width * 2^i; bottleneck expands x4); VGG:
+      the first conv's width (VGG-16's 64, 128, 256, 512 scaled by width / 64).
+    stage_sizes: ResNet bottleneck blocks per stage.
+    r_layer: the representation layer R ('original' or 'penultimate').
     steps: optimiser steps.
     batch_size: rendered images per step.
     learning_rate: peak AdamW learning rate (linear warm-up, cosine decay to 0).
@@ -55,8 +62,10 @@ class TrainConfig:
       64x64 generator draws; evaluation uses unblurred renders.
     noise_std: std of per-pixel Gaussian noise added to training renders (0 disables).
   """
+  family: str = "resnet"
   width: int = 16
   stage_sizes: tuple[int, ...] = (1, 1, 1, 1)
+  r_layer: str = "original"
   steps: int = 300
   batch_size: int = 64
   learning_rate: float = 3e-3
@@ -67,12 +76,24 @@ class TrainConfig:
   blur_sigma_max: float = 1.2
   noise_std: float = 0.02
 
+  def __post_init__(self):
+    if self.family not in FAMILIES:
+      raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
 
-def model_config(config: TrainConfig) -> resnet.ResNetConfig:
-  """The ResNet architecture trained by `config`: 64x64 input, no resize or crop."""
-  return resnet.ResNetConfig(depth=50, width=config.width, num_classes=world.NUM_CLASSES,
-                             stage_sizes=tuple(config.stage_sizes), block="bottleneck",
-                             resize=None, crop=None)
+
+FAMILIES = ("resnet", "vgg")
+
+
+def model_config(config: TrainConfig) -> Any:
+  """The classifier architecture trained by `config`: 64x64 input, no resize or crop."""
+  common = {"num_classes": world.NUM_CLASSES, "resize": None, "crop": None,
+            "r_layer": config.r_layer}
+  if config.family == "vgg":
+    scale = config.width / 64
+    layers = tuple(v if v == "M" else max(1, round(v * scale)) for v in vgg.LAYERS[16])
+    return vgg.VGGConfig(layers=layers, batch_norm=True, hidden=4 * config.width, **common)
+  return resnet.ResNetConfig(depth=50, width=config.width, stage_sizes=tuple(config.stage_sizes),
+                             block="bottleneck", **common)
 
 
 def images_to_uint8(images: jax.Array) -> jax.Array:
@@ -174,12 +195,12 @@ def _eval_batch(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, batch_
   return jnp.argmax(logits, -1).astype(jnp.int32), labels
 
 
-def evaluate(model: resnet.ResNet, key: jax.Array, num_images: int,
+def evaluate(model: nnx.Module, key: jax.Array, num_images: int,
              batch_size: int = 250) -> dict[str, Any]:
   """Accuracy of an inference-mode classifier on fresh renders.
 
   Args:
-    model: ResNet with `num_classes == NUM_CLASSES` (inference-mode BatchNorm).
+    model: a classifier with `num_classes == NUM_CLASSES` (inference-mode BatchNorm).
     key: PRNG key of the evaluation stream (disjoint from training's).
     num_images: images to render (rounded up to whole batches).
     batch_size: images per jitted call.
@@ -202,7 +223,7 @@ def evaluate(model: resnet.ResNet, key: jax.Array, num_images: int,
 
 
 def train(config: TrainConfig, *, key: jax.Array,
-          log_fn: Callable[[str], None] = print) -> tuple[resnet.ResNet, dict[str, Any]]:
+          log_fn: Callable[[str], None] = print) -> tuple[nnx.Module, dict[str, Any]]:
   """Trains the classifier on on-the-fly renders and evaluates it on held-out renders.
 
   Args:
@@ -210,11 +231,12 @@ def train(config: TrainConfig, *, key: jax.Array,
     key: PRNG key; fold_in 0 initialises, 1 draws training batches, 2 draws the held-out set.
     log_fn: receives progress lines.
   Returns:
-    (inference-mode ResNet, metrics) with metrics 'accuracy', 'per_class', 'train_seconds',
+    (inference-mode classifier, metrics) with metrics 'accuracy', 'per_class', 'train_seconds',
     'final_train_loss', 'final_train_accuracy', 'steps', 'images_seen'.
   """
   mconf = model_config(config)
-  model = resnet.ResNet(mconf, rngs=nnx.Rngs(jax.random.fold_in(key, 0)))
+  model_cls, _ = models.ARCHITECTURES[models.arch_of(mconf)].classes()
+  model = model_cls(mconf, rngs=nnx.Rngs(jax.random.fold_in(key, 0)))
   train_view = nnx.view(model, use_running_average=False)
   graphdef, params, stats = nnx.split(train_view, nnx.Param, nnx.BatchStat)
   cosine = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
@@ -273,6 +295,6 @@ def train_and_save(config: TrainConfig, out_dir: str | pathlib.Path, *, seed: in
   out_dir = pathlib.Path(out_dir)
   checkpoint.save(out_dir, model)
   record = dict(metrics, seed=seed, train_config=dataclasses.asdict(config))
-  (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+  files.write_json(out_dir / "metrics.json", record)
   log_fn(f"saved {out_dir}")
   return metrics
