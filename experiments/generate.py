@@ -35,23 +35,7 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (samples.npz, grid.png
 
 def parse_seeds(spec: str) -> list[int]:
   """'0-3,7' -> [0, 1, 2, 3, 7] (ranges inclusive); seeds must be in [0, 2**32)."""
-  seeds: list[int] = []
-  for part in spec.split(","):
-    part = part.strip()
-    if not part:
-      continue
-    try:
-      if "-" in part:
-        lo, hi = part.split("-", 1)
-        if int(hi) < int(lo):
-          raise ValueError("empty range")
-        seeds.extend(range(int(lo), int(hi) + 1))
-      else:
-        seeds.append(int(part))
-    except ValueError as e:
-      raise ValueError(f"bad seed specification {part!r} in --seeds={spec!r}: {e}") from None
-  if not seeds:
-    raise ValueError(f"no seeds in {spec!r}")
+  seeds = cli.parse_ranges(spec, "seed")
   bad = [s for s in seeds if not 0 <= s < 2**32]
   if bad:
     raise ValueError(f"seeds {bad[:5]} outside [0, 2**32) (numpy RandomState seeds)")

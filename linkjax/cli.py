@@ -7,6 +7,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,3 +48,32 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     sys.stderr.write(f"error: {e} (see --help)\n")
     sys.stderr.flush()
     sys.exit(2)
+
+
+def parse_ranges(spec: str, what: str = "indices") -> list[int]:
+  """'0-3,7' -> [0, 1, 2, 3, 7]: comma-separated integers and inclusive ranges, in order.
+
+  Raises:
+    ValueError: an empty specification, a part that is not an integer or range, or a range whose
+      end is below its start (one line naming the part).
+  """
+  out: list[int] = []
+  for part in spec.split(","):
+    part = part.strip()
+    if not part:
+      continue
+    m = re.fullmatch(r"(\d+)-(\d+)", part)
+    if m:
+      lo, hi = int(m.group(1)), int(m.group(2))
+      if hi < lo:
+        raise ValueError(f"bad {what} specification {part!r} in {spec!r}: empty range")
+      out.extend(range(lo, hi + 1))
+      continue
+    try:
+      out.append(int(part))
+    except ValueError:
+      raise ValueError(f"bad {what} specification {part!r} in {spec!r}: not an integer or an "
+                       "inclusive range a-b") from None
+  if not out:
+    raise ValueError(f"no {what} in {spec!r}")
+  return out

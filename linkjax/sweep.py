@@ -50,7 +50,7 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from linkjax import bundle as bundle_lib
-from linkjax import files, jobs, pairs, quantify, unit_analysis
+from linkjax import cli, files, jobs, pairs, quantify, unit_analysis
 
 SWEEP_FILE = "sweep.npz"
 STRIP_DIR = "strips"
@@ -110,23 +110,7 @@ def parse_units(spec: str, num_units: int) -> np.ndarray:
   spec = spec.strip()
   if spec == "all":
     return np.arange(num_units, dtype=np.int32)
-  out: list[int] = []
-  for part in spec.split(","):
-    part = part.strip()
-    if not part:
-      continue
-    try:
-      if "-" in part:
-        a, b = (int(x) for x in part.split("-", 1))
-        if b < a:
-          raise ValueError(f"empty unit range {part!r}")
-        out.extend(range(a, b + 1))
-      else:
-        out.append(int(part))
-    except ValueError as e:
-      raise ValueError(f"bad unit specification {part!r}: {e}") from None
-  if not out:
-    raise ValueError(f"no units in {spec!r}")
+  out = cli.parse_ranges(spec, "unit")
   bad = [u for u in out if not 0 <= u < num_units]
   if bad:
     raise ValueError(f"units {bad[:5]} outside [0, {num_units})")

@@ -40,7 +40,7 @@ from ports.torchvision_tables import (  # noqa: F401
 
 # Buffers torch keeps for training only; they have no counterpart in an inference model.
 IGNORED_SUFFIXES = ("num_batches_tracked",)
-R_LAYERS = ("original", "penultimate")
+R_LAYERS = models.R_LAYERS
 
 
 def key_table(config: Any) -> list[Row]:

@@ -22,6 +22,34 @@ import dataclasses
 import importlib
 
 ROLES = ("classifier", "generator", "segmenter")
+R_LAYERS = ("original", "penultimate")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClassifierConfig:
+  """The fields every classifier config has (its family's config derives from this).
+
+  Attributes:
+    num_classes: outputs of the final linear layer.
+    resize: shorter-side resize of the eval transform (None: no resize).
+    crop: centre crop of the eval transform (None: no crop).
+    r_layer: the representation layer R: 'original' (the reference's: the output of all
+      children but the last, flattened) or 'penultimate' (the input of the last linear layer).
+  """
+  num_classes: int = 1000
+  resize: int | None = 256
+  crop: int | None = 224
+  r_layer: str = "original"
+
+  def __post_init__(self):
+    if self.r_layer not in R_LAYERS:
+      raise ValueError(f"r_layer must be one of {R_LAYERS}, got {self.r_layer!r}")
+    if self.num_classes < 1:
+      raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+    for name in ("resize", "crop"):
+      v = getattr(self, name)
+      if v is not None and not 1 <= v <= 4096:
+        raise ValueError(f"{name} must be None or in [1, 4096], got {v}")
 
 
 @dataclasses.dataclass(frozen=True)

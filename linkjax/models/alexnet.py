@@ -21,14 +21,14 @@ import dataclasses
 
 from flax import nnx
 
+from linkjax import models
 from linkjax.models import torch_layers as tl
 
 WIDTHS = (64, 192, 384, 256, 256)
-R_LAYERS = ("original", "penultimate")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AlexNetConfig:
+class AlexNetConfig(models.ClassifierConfig):
   """AlexNet architecture (defaults: torchvision's alexnet).
 
   Attributes:
@@ -43,14 +43,9 @@ class AlexNetConfig:
   widths: tuple[int, int, int, int, int] = WIDTHS
   hidden: int = 4096
   pool_size: int = 6
-  num_classes: int = 1000
-  resize: int | None = 256
-  crop: int | None = 224
-  r_layer: str = "original"
 
   def __post_init__(self):
-    if self.r_layer not in R_LAYERS:
-      raise ValueError(f"r_layer must be one of {R_LAYERS}, got {self.r_layer!r}")
+    super().__post_init__()
     if len(self.widths) != 5 or min(self.widths) < 1:
       raise ValueError(f"widths must be 5 positive ints, got {self.widths}")
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from linkjax import models
 from linkjax.models import torch_layers as tl
 
 # depth -> (growth_rate, block_config, num_init_features), as torchvision's densenetNNN.
@@ -34,11 +35,10 @@ DEPTHS: dict[int, tuple[int, tuple[int, ...], int]] = {
     169: (32, (6, 12, 32, 32), 64),
     201: (32, (6, 12, 48, 32), 64),
 }
-R_LAYERS = ("original", "penultimate")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DenseNetConfig:
+class DenseNetConfig(models.ClassifierConfig):
   """DenseNet-BC architecture (defaults: torchvision's DenseNet class = densenet121).
 
   Attributes:
@@ -55,14 +55,9 @@ class DenseNetConfig:
   block_config: tuple[int, ...] = (6, 12, 24, 16)
   num_init_features: int = 64
   bn_size: int = 4
-  num_classes: int = 1000
-  resize: int | None = 256
-  crop: int | None = 224
-  r_layer: str = "original"
 
   def __post_init__(self):
-    if self.r_layer not in R_LAYERS:
-      raise ValueError(f"r_layer must be one of {R_LAYERS}, got {self.r_layer!r}")
+    super().__post_init__()
     if not self.block_config or min(self.block_config) < 1:
       raise ValueError(f"block_config must be positive ints, got {self.block_config}")
     if min(self.growth_rate, self.num_init_features, self.bn_size) < 1:

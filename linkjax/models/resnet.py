@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from linkjax import models
+
 # depth -> (block type, blocks per stage), as torchvision's resnet18 ... resnet152.
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -28,12 +30,11 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 EXPANSION = {"basic": 1, "bottleneck": 4}
-R_LAYERS = ("original", "penultimate")
 BN_EPS = 1e-5
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ResNetConfig:
+class ResNetConfig(models.ClassifierConfig):
   """ResNet architecture.
 
   Attributes:
@@ -52,16 +53,11 @@ class ResNetConfig:
   """
   depth: int = 50
   width: int = 64
-  num_classes: int = 1000
   stage_sizes: tuple[int, ...] | None = None
   block: str | None = None
-  resize: int | None = 256
-  crop: int | None = 224
-  r_layer: str = "original"
 
   def __post_init__(self):
-    if self.r_layer not in R_LAYERS:
-      raise ValueError(f"r_layer must be one of {R_LAYERS}, got {self.r_layer!r}")
+    super().__post_init__()
     if (self.stage_sizes is None or self.block is None) and self.depth not in DEPTHS:
       raise ValueError(f"depth {self.depth} is not one of {sorted(DEPTHS)}; give stage_sizes "
                        "and block for other layouts")

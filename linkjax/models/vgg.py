@@ -17,6 +17,7 @@ import dataclasses
 
 from flax import nnx
 
+from linkjax import models
 from linkjax.models import torch_layers as tl
 
 # torchvision's cfgs 'A', 'B', 'D', 'E': conv widths, "M" = 2×2/2 max pool.
@@ -27,11 +28,10 @@ LAYERS: dict[int, tuple[int | str, ...]] = {
     19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512,
          512, 512, "M"),
 }
-R_LAYERS = ("original", "penultimate")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class VGGConfig:
+class VGGConfig(models.ClassifierConfig):
   """VGG architecture (defaults: torchvision's vgg16).
 
   Attributes:
@@ -49,14 +49,9 @@ class VGGConfig:
   batch_norm: bool = False
   hidden: int = 4096
   pool_size: int = 7
-  num_classes: int = 1000
-  resize: int | None = 256
-  crop: int | None = 224
-  r_layer: str = "original"
 
   def __post_init__(self):
-    if self.r_layer not in R_LAYERS:
-      raise ValueError(f"r_layer must be one of {R_LAYERS}, got {self.r_layer!r}")
+    super().__post_init__()
     bad = [v for v in self.layers if v != "M" and not (isinstance(v, int) and v > 0)]
     if bad or not self.convs:
       raise ValueError(f"layers must hold positive conv widths and 'M', at least one conv; "
