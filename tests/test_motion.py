@@ -1,0 +1,284 @@
+"""Motion fields: known translations and affines on smooth random textures, the robust fit,
+per-part summaries, determinism, no retrace, and the miniworld's true motion."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from linkjax import miniworld as world
+from linkjax import motion
+from linkjax.miniworld import motion_truth
+
+S = 32  # image side of the synthetic pairs
+# Small and fast: 3 levels (32, 16, 8), the affine pass stops at 16 x 16; two Gauss-Newton
+# rounds per level (the default's one leaves ~0.12 px on these textures). One compilation
+# (same config and batch shape) serves the affine, translation and no-retrace tests.
+CFG = motion.MotionConfig(levels=3, affine_level=1, hypotheses=32, refine_iters=2)
+MARGIN = 6  # pixels from the border left out (content entering from outside is unknown)
+
+
+def _texture_pairs(affines: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """I_o: a smooth random RGB texture; I_p(M x) = I_o(x), sampled with cubic splines from a
+  larger texture (so nothing in view is made up at the borders)."""
+  rng = np.random.default_rng(seed)
+  pad = 16
+  big = ndimage.gaussian_filter(rng.random((len(affines), S + 2 * pad, S + 2 * pad, 3)),
+                                (0, 1.5, 1.5, 0))
+  lo, hi = big.min(axis=(1, 2, 3), keepdims=True), big.max(axis=(1, 2, 3), keepdims=True)
+  big = (big - lo) / (hi - lo)
+  yy, xx = np.mgrid[:S, :S].astype(np.float64)
+
+  def sample(img, x, y):
+    return np.stack([ndimage.map_coordinates(img[..., c], [y + pad, x + pad], order=3,
+                                             mode="reflect") for c in range(3)], -1)
+
+  io, ip = [], []
+  for b, m in zip(big, affines):
+    io.append(sample(b, xx, yy))
+    a_inv = np.linalg.inv(m[:, :2])
+    q = np.stack([xx - m[0, 2], yy - m[1, 2]], -1) @ a_inv.T
+    ip.append(sample(b, q[..., 0], q[..., 1]))
+  return (np.clip(np.asarray(io), 0, 1).astype(np.float32),
+          np.clip(np.asarray(ip), 0, 1).astype(np.float32))
+
+
+def _affine(scale=1.0, rot_deg=0.0, tx=0.0, ty=0.0, shear=0.0) -> np.ndarray:
+  """About the image centre: x' = c + R diag(s) [[1, shear], [0, 1]] (x - c) + t."""
+  t = math.radians(rot_deg)
+  a = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]) * scale
+  a = a @ np.array([[1.0, shear], [0.0, 1.0]])
+  c = np.array([(S - 1) / 2.0] * 2)
+  return np.concatenate([a, (c - a @ c + np.array([tx, ty]))[:, None]], 1)
+
+
+AFFINES = np.stack([_affine(tx=2.3, ty=-1.6), _affine(rot_deg=5.0, tx=-1.0),
+                    _affine(scale=1.05, ty=1.4), _affine(scale=0.96, rot_deg=-4.0, tx=1.2,
+                                                         shear=0.03)]).astype(np.float32)
+
+
+def _interp_tolerance(io: np.ndarray, ip: np.ndarray, affines: np.ndarray) -> float:
+  """Displacement tolerance from interpolation error: the rms photometric gap between I_o and
+  I_p moved back by the TRUE affine with bilinear interpolation (the matcher's own
+  interpolation), converted to pixels through the texture's rms gradient; 0.05 px at least."""
+  aligned = np.asarray(motion.warp_affine(jnp.asarray(ip), jnp.asarray(affines)))
+  inner = (slice(None), slice(MARGIN, -MARGIN), slice(MARGIN, -MARGIN))
+  gap = np.sqrt(np.mean((aligned - io)[inner] ** 2))
+  gy, gx = np.gradient(io, axis=(1, 2))
+  grad = np.sqrt(np.mean((gx ** 2 + gy ** 2)[inner]))
+  return max(0.05, gap / grad)
+
+
+@pytest.fixture(scope="module")
+def affine_case():
+  io, ip = _texture_pairs(AFFINES)
+  res = motion.estimate(jnp.asarray(io), jnp.asarray(ip), key=jax.random.key(0), config=CFG)
+  return io, ip, jax.tree.map(np.asarray, res)
+
+
+def test_affines_recovered(affine_case):
+  io, ip, res = affine_case
+  tol = _interp_tolerance(io, ip, AFFINES)
+  assert tol < 0.15, tol  # the textures are smooth enough for a meaningful test
+  true = np.asarray(motion.affine_flow(jnp.asarray(AFFINES), S, S))
+  est = np.asarray(motion.affine_flow(jnp.asarray(res.affine), S, S))
+  err = np.linalg.norm(est - true, axis=-1)[:, MARGIN:-MARGIN, MARGIN:-MARGIN]
+  assert err.mean(axis=(1, 2)).max() < tol, (err.mean(axis=(1, 2)), tol)
+  # The total flow matches the truth away from the borders, and the residual is ~0 there.
+  tot = np.linalg.norm(res.total_flow - true, axis=-1)[:, MARGIN:-MARGIN, MARGIN:-MARGIN]
+  assert tot.mean() < tol and np.percentile(tot, 95) < 4 * tol, (tot.mean(), tol)
+  assert np.abs(res.flow[:, MARGIN:-MARGIN, MARGIN:-MARGIN]).mean() < tol
+  # Decomposition: scale and rotation; the shift of the image centre in pair 0.
+  p = res.affine_params
+  names = motion.AFFINE_PARAM_NAMES
+  true_p = np.asarray(motion.decompose_affine(jnp.asarray(AFFINES)))
+  np.testing.assert_allclose(p[:, names.index("rotation_deg")],
+                             true_p[:, names.index("rotation_deg")], atol=0.5)
+  np.testing.assert_allclose(p[:, :2], true_p[:, :2], atol=0.01)
+  centre = np.array([(S - 1) / 2.0] * 2)
+  moved = res.affine[0, :, :2] @ centre + res.affine[0, :, 2]
+  np.testing.assert_allclose(moved - centre, [2.3, -1.6], atol=tol)  # pair 0: a translation
+  assert (res.inliers > 0.8).all()
+  # The aligned image is I_p warped back onto I_o.
+  gap = np.abs(res.aligned - io)[:, MARGIN:-MARGIN, MARGIN:-MARGIN].mean()
+  assert gap < 0.02, gap
+
+
+def test_translation_flow_equals_shift_away_from_borders():
+  shifts = np.array([[1.5, -2.25], [-3.0, 0.5], [0.0, 0.0], [4.5, 3.5]], np.float32)
+  affs = np.stack([_affine(tx=t[0], ty=t[1]) for t in shifts]).astype(np.float32)
+  io, ip = _texture_pairs(affs, seed=1)
+  tol = _interp_tolerance(io, ip, affs)
+  res = motion.estimate(jnp.asarray(io), jnp.asarray(ip), key=jax.random.key(0), config=CFG)
+  flow = np.asarray(res.total_flow)[:, MARGIN:-MARGIN, MARGIN:-MARGIN]
+  err = np.linalg.norm(flow - shifts[:, None, None], axis=-1)
+  assert err.mean() < tol and np.median(err) < tol, (err.mean(), tol)
+  np.testing.assert_allclose(np.asarray(res.affine)[:, :, :2], np.eye(2)[None].repeat(4, 0),
+                             atol=0.01)
+  # Identical images: zero motion exactly where the matcher sees no difference.
+  np.testing.assert_allclose(flow[2], 0.0, atol=1e-3)
+  # Confidence is high on the texture away from the borders.
+  assert np.asarray(res.confidence)[:, MARGIN:-MARGIN, MARGIN:-MARGIN].mean() > 0.5
+
+
+def test_fit_ignores_planted_outliers():
+  rng = np.random.default_rng(0)
+  m_true = _affine(scale=1.1, rot_deg=12.0, tx=3.0, ty=-2.0)
+  src = rng.uniform(0, S, (200, 2))
+  dst = src @ m_true[:, :2].T + m_true[:, 2] + rng.normal(0, 0.05, (200, 2))
+  bad = rng.random(200) < 0.4
+  dst[bad] = rng.uniform(0, S, (bad.sum(), 2))  # 40 % wrong correspondences
+  w = jnp.ones(200)
+  field_err = lambda m: np.linalg.norm(src @ (np.asarray(m)[:, :2] - m_true[:, :2]).T
+                                       + np.asarray(m)[:, 2] - m_true[:, 2], axis=-1).mean()
+  m, frac = motion.fit_affine(jnp.asarray(src), jnp.asarray(dst), w, jax.random.key(3))
+  assert field_err(m) < 0.03  # noise 0.05 px on ~120 inliers
+  assert abs(float(frac) - 0.6) < 0.08
+  # Plain least squares is pulled far away: the robust fit is what passes above.
+  x = np.concatenate([src, np.ones((200, 1))], 1)
+  plain = np.linalg.lstsq(x, dst, rcond=None)[0].T
+  assert field_err(plain) > 3.0
+  # The similarity and translation models.
+  m_sim, _ = motion.fit_affine(jnp.asarray(src), jnp.asarray(dst), w, jax.random.key(3),
+                               model="similarity")
+  assert field_err(m_sim) < 0.03
+  shift = src + np.array([1.5, -0.5])
+  shift[bad] = rng.uniform(0, S, (bad.sum(), 2))
+  m_t, _ = motion.fit_affine(jnp.asarray(src), jnp.asarray(shift), w, jax.random.key(3),
+                             model="translation")
+  np.testing.assert_allclose(np.asarray(m_t), [[1, 0, 1.5], [0, 1, -0.5]], atol=0.01)
+
+
+def test_decompose_affine_round_trip():
+  m = _affine(scale=1.2, rot_deg=30.0, shear=0.1, tx=2.0, ty=-1.0)
+  p = np.asarray(motion.decompose_affine(jnp.asarray(m, jnp.float32)))
+  sx, sy, rot, shear, tx, ty = p
+  t = math.radians(rot)
+  a = (np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+       @ np.diag([sx, sy]) @ np.array([[1.0, shear], [0.0, 1.0]]))
+  np.testing.assert_allclose(a, m[:, :2], atol=1e-5)
+  np.testing.assert_allclose([sx, sy, rot, shear], [1.2, 1.2, 30.0, 0.1], atol=1e-4)
+  np.testing.assert_allclose([tx, ty], m[:, 2], atol=1e-5)
+
+
+def test_warp_affine_matches_scipy():
+  rng = np.random.default_rng(0)
+  img = rng.random((1, 12, 16, 2)).astype(np.float32)
+  m = _affine(scale=1.1, rot_deg=10.0, tx=1.0)[None].astype(np.float32)
+  out = np.asarray(motion.warp_affine(jnp.asarray(img), jnp.asarray(m)))[0]
+  yy, xx = np.mgrid[:12, :16].astype(np.float64)
+  qx = m[0, 0, 0] * xx + m[0, 0, 1] * yy + m[0, 0, 2]
+  qy = m[0, 1, 0] * xx + m[0, 1, 1] * yy + m[0, 1, 2]
+  ref = np.stack([ndimage.map_coordinates(img[0, ..., c], [qy, qx], order=1, mode="nearest")
+                  for c in range(2)], -1)
+  np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_part_summary_on_hand_made_masks():
+  masks = np.zeros((1, 8, 8), np.int32)
+  masks[0, :4] = 1
+  masks[0, 4:, :4] = 2  # label 3 absent
+  flow = np.zeros((1, 8, 8, 2), np.float32)
+  flow[0, :4] = [3.0, 4.0]  # |f| = 5 on label 1
+  flow[0, 4:, :4, 0] = np.arange(4, dtype=np.float32)[None]  # dx = 0..3 across label 2
+  conf = np.ones((1, 8, 8), np.float32)
+  conf[0, 4:, 3] = 0.0  # the dx = 3 column of label 2 is unreliable
+  out = np.asarray(motion.part_summary(jnp.asarray(flow), jnp.asarray(conf),
+                                       jnp.asarray(masks), 4))
+  f = {n: i for i, n in enumerate(motion.SUMMARY_FIELDS)}
+  np.testing.assert_allclose(out[0, 1, [f["mean_dx"], f["mean_dy"], f["mean_norm"],
+                                        f["max_norm"], f["area"], f["confidence"]]],
+                             [3, 4, 5, 5, 32, 1])
+  np.testing.assert_allclose(out[0, 2, [f["mean_dx"], f["mean_dy"], f["max_norm"],
+                                        f["area"], f["confidence"]]], [1.0, 0, 2.0, 16, 0.75])
+  np.testing.assert_allclose(out[0, 0, [f["mean_dx"], f["area"]]], [0.0, 16])  # background
+  assert np.isnan(out[0, 3, f["mean_dx"]]) and out[0, 3, f["area"]] == 0
+
+
+def test_deterministic_from_key_and_no_retrace(affine_case):
+  io, ip, res = affine_case
+  again = motion.estimate(jnp.asarray(io), jnp.asarray(ip), key=jax.random.key(0), config=CFG)
+  for a, b in zip(jax.tree.leaves(res), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  size = motion.estimate._cache_size()
+  motion.estimate(jnp.asarray(ip), jnp.asarray(io), key=jax.random.key(5), config=CFG)
+  assert motion.estimate._cache_size() == size
+
+
+def test_caller_descriptor_maps():
+  # A translated texture matched on caller-given half-resolution maps only (the pixels off).
+  affs = np.stack([_affine(tx=2.0, ty=1.0)]).astype(np.float32)
+  io, ip = _texture_pairs(affs, seed=2)
+  half = lambda x: jnp.asarray(x.reshape(1, S // 2, 2, S // 2, 2, 3).mean(axis=(2, 4)))
+  cfg = motion.MotionConfig(levels=3, affine_level=1, model="translation", pixel_weight=0.0)
+  res = motion.estimate(jnp.asarray(io), jnp.asarray(ip), (half(io),), (half(ip),),
+                        key=jax.random.key(0), config=cfg)
+  np.testing.assert_allclose(np.asarray(res.affine)[0, :, 2], [2.0, 1.0], atol=0.15)
+  with pytest.raises(ValueError, match="descriptor maps"):
+    motion.estimate(jnp.asarray(io), jnp.asarray(ip), (half(io),), (), key=jax.random.key(0),
+                    config=cfg)
+
+
+def test_feature_maps_cut_margins():
+  feats = {"a": jnp.arange(2 * 3 * 8 * 8, dtype=jnp.float32).reshape(2, 3, 8, 8)}
+  (out,) = motion.feature_maps(feats, ["a"], [2])
+  assert out.shape == (2, 4, 4, 3)
+  np.testing.assert_array_equal(np.asarray(out)[1, 0, 0], np.asarray(feats["a"])[1, :, 2, 2])
+
+
+def test_config_checks():
+  with pytest.raises(ValueError, match="model"):
+    motion.MotionConfig(model="homography")
+  with pytest.raises(ValueError, match="affine_level"):
+    motion.MotionConfig(levels=2, affine_level=2)
+
+
+def test_plot_flow_writes_png(tmp_path):
+  rng = np.random.default_rng(0)
+  flow = rng.normal(size=(32, 32, 2))
+  motion.plot_flow(tmp_path / "f.png", rng.random((32, 32, 3)), flow, np.ones((32, 32)),
+                   step=3, margin=2, overlay=0.3, title="t")
+  assert (tmp_path / "f.png").stat().st_size > 1000
+  from linkjax import motion_figures
+  ys, _ = motion_figures.select_vectors(flow, step=2, margin=4, min_percentile=0,
+                                        min_norm=0.0)
+  assert ys.min() >= 4 and ys.max() < 28 and len(ys) == 144
+  rgb = motion_figures.flow_to_hsv(np.array([[1.0, 0.0], [0.0, 0.5], [0.0, 0.0]]), 1.0)
+  np.testing.assert_allclose(rgb[0], [1, 0, 0])  # +x: red at full value
+  np.testing.assert_allclose(rgb[2], [0, 0, 0])  # no motion: black
+
+
+# --- the miniworld's true motion ------------------------------------------------------------
+
+def test_truth_primitives_reproduce_the_renderers_masks():
+  theta = world.sample_theta(jax.random.key(1), jnp.arange(20) % world.NUM_CLASSES)
+  _, masks = world.render(theta, antialias=False)
+  np.testing.assert_array_equal(np.asarray(motion_truth.primitive_masks(theta)),
+                                np.asarray(masks))
+
+
+@pytest.mark.parametrize("param", ["pose_x", "pose_angle", "leg_len", "head_r", "tail_len"])
+def test_true_flow_moves_colours_onto_colours(param):
+  # Hard-edged renders: wherever the truth is valid, I_p at x + flow(x) (nearest pixel) shows
+  # I_o's colour at x, except on the body's texture, sampled off its pixel centres.
+  theta = world.sample_theta(jax.random.key(2), jnp.arange(10) % world.NUM_CLASSES)
+  theta_p = theta.at[:, world.PARAM_NAMES.index(param)].add(0.6).clip(-1, 1)
+  img_o, m_o = (np.asarray(x) for x in world.render(theta, antialias=False))
+  img_p, m_p = (np.asarray(x) for x in world.render(theta_p, antialias=False))
+  flow, valid = (np.asarray(x) for x in motion_truth.true_flow(
+      theta, theta_p, jnp.asarray(m_o), jnp.asarray(m_p)))
+  yy, xx = np.mgrid[:64, :64]
+  tx = np.clip(np.round(xx + flow[..., 0]).astype(int), 0, 63)
+  ty = np.clip(np.round(yy + flow[..., 1]).astype(int), 0, 63)
+  moved = img_p[np.arange(10)[:, None, None], ty, tx]
+  # Pixels inside flat-coloured regions (3x3 neighbourhood of one colour: no part edges and
+  # no far/near leg boundary), off the textured body.
+  pad = np.pad(img_o, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+  uniform = np.all([np.abs(pad[:, 1 + dy:65 + dy, 1 + dx:65 + dx] - img_o).max(-1) < 1e-6
+                    for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+  flat = valid & uniform & (m_o > 0) & (m_o != world.PART_NAMES.index("body"))
+  assert flat.sum() > 500 and valid[m_o > 0].mean() > 0.85
+  np.testing.assert_allclose(moved[flat], img_o[flat], atol=1e-5)
+  assert np.abs(flow[valid & (m_o > 0)]).max() > 0.5  # something moved
