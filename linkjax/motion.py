@@ -33,6 +33,16 @@ centres at integer indices. A flow [..., H, W, 2] holds (dx, dy) at every pixel 
 affine M [2, 3] maps I_o coordinates to I_p coordinates, (x_p, y_p) = M @ (x_o, y_o, 1). The
 total flow is total(x) = M (x + flow(x), 1) - x, i.e. the residual `flow` lives in I_o's frame
 before the affine is applied.
+
+Use (generator images [B, 3, H, W] in ~[-1, 1] become x = clip(transpose(img, (0, 2, 3, 1)) *
+0.5 + 0.5, 0, 1)):
+
+  res = motion.estimate(x_o, x_p, key=jax.random.key(0))            # MotionConfig() defaults
+  parts = motion.part_summary(res.flow, res.confidence, masks_o, n_labels)   # [B, L, 6]
+  motion.plot_flow("flow.png", x_o[0], res.flow[0], res.confidence[0])
+
+Validation against the miniworld's true motion and the speed against scikit-image's TV-L1:
+`benchmarks/motion_validation.py`.
 """
 
 from __future__ import annotations
