@@ -269,7 +269,8 @@ def make_step(apply, classes: tuple[int, ...], n_labels: int, mesh: jax.sharding
 
 
 def model_pipeline(link_params: Any, generator: nnx.Module, classifier: nnx.Module,
-                   segmenter: nnx.Module) -> SweepPipeline:
+                   segmenter: nnx.Module,
+                   micro_batch: int | None | str = "auto") -> SweepPipeline:
   """The paper's sweep pipeline from a link, StyleGAN-XL, a ResNet and a few-shot segmenter.
 
   r' -> `link.predict` -> `broadcast_w` -> `synthesis(ws, return_features=True)`; probabilities =
@@ -280,9 +281,14 @@ def model_pipeline(link_params: Any, generator: nnx.Module, classifier: nnx.Modu
   Args:
     link_params: `link.load(...)[0]`.
     generator: `StyleGANXL`; classifier: `ResNet` (eval mode); segmenter: `FewShotSegmenter`.
+    micro_batch: images per sequential step of `apply` (`batching.micro_batched`: cache-sized
+      temporaries on CPU; a multiple of the data mesh's size); 'auto':
+      `batching.default_micro_batch()`; None: the whole batch at once. Results agree up to
+      float rounding.
   Returns:
     A `SweepPipeline` with params {'link', 'generator', 'classifier', 'segmenter'}.
   """
+  from linkjax import batching  # noqa: PLC0415
   from linkjax import link, preprocess  # noqa: PLC0415  (toys need no model code)
   from linkjax.models import segmenter as seg_lib  # noqa: PLC0415
   from linkjax.models import stylegan_xl  # noqa: PLC0415
@@ -311,6 +317,9 @@ def model_pipeline(link_params: Any, generator: nnx.Module, classifier: nnx.Modu
     small = preprocess.resize_uint8(u8, res) if u8.shape[1] != res else u8
     return {"probs": jax.nn.softmax(logits, axis=-1), "masks": masks, "images": small}
 
+  if micro_batch == "auto":
+    micro_batch = batching.default_micro_batch()
+  apply = batching.micro_batched(apply, micro_batch)
   link_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), link_params)
   info = {"kind": "models", "num_ws": num_ws, "resize": resize, "crop": crop,
           "segmenter_resolution": res, "feature_layers": list(layers),
@@ -697,7 +706,7 @@ def sweep_from_dirs(*, pairs_dir: str, link_dir: str, generator_dir: str, classi
   Returns:
     the arrays of `sweep.npz`.
   """
-  from linkjax import checkpoint, link, pairs  # noqa: PLC0415
+  from linkjax import batching, checkpoint, link, pairs  # noqa: PLC0415
 
   data = pairs.load(pairs_dir)
   rows = select_samples(data["class_idx"], data["draw_idx"], samples_per_class, classes)
@@ -709,10 +718,12 @@ def sweep_from_dirs(*, pairs_dir: str, link_dir: str, generator_dir: str, classi
   else:
     raise ValueError(f"range_from must be 'samples' or 'pairs', got {range_from!r}")
   link_params, link_meta = link.load(link_dir)
+  mesh = make_data_mesh(n_devices)
   pipeline = model_pipeline(
       link_params, checkpoint.load(generator_dir, role="generator"),
       checkpoint.load(classifier_dir, role="classifier"),
-      checkpoint.load(segmenter_dir, role="segmenter"))
+      checkpoint.load(segmenter_dir, role="segmenter"),
+      micro_batch=batching.default_micro_batch(mesh.devices.size))
   pipeline = dataclasses.replace(pipeline, info={
       **pipeline.info, "link": str(pathlib.Path(link_dir).resolve()),
       "generator": str(pathlib.Path(generator_dir).resolve()),
@@ -726,4 +737,4 @@ def sweep_from_dirs(*, pairs_dir: str, link_dir: str, generator_dir: str, classi
                    steps=steps, chunk=chunk, shard_size=shard_size, lo=lo, hi=hi,
                    sample_ids=rows,
                    save_strips_for=save_strips_for, strip_rows=strip_rows,
-                   mesh=make_data_mesh(n_devices), overwrite=overwrite, log_every_s=log_every_s)
+                   mesh=mesh, overwrite=overwrite, log_every_s=log_every_s)
