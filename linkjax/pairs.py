@@ -53,7 +53,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from linkjax import files, jobs
+from linkjax import batching, files, jobs
 
 PAIR_KEYS = ("w", "r", "class_idx", "z", "logits", "draw_idx")
 KEEP_MODES = ("correct", "all")
@@ -156,16 +156,22 @@ def derive_z(seed: int | jax.Array, class_idx: jax.Array, draw_idx: jax.Array,
 def make_step(models: Any, psi: float, mesh: jax.sharding.Mesh):
   """The compiled block step `(params, seed, class_idx [B], draw_idx [B]) -> dict` for `mesh`.
 
-  B must be a multiple of the mesh size. Returns w, r, logits and z, sharded on 'data'. Cached
-  per (models, psi, mesh), so repeated runs compile once per batch shape.
+  B must be a multiple of the mesh size. Returns w, r, logits and z, sharded on 'data'. The
+  models run in micro-batches sized for the mesh (`batching.default_micro_batch`: on CPU the
+  generator's temporaries stay in cache). Cached per (models, psi, mesh), so repeated runs
+  compile once per batch shape.
   """
   data = NamedSharding(mesh, P("data"))
   repl = NamedSharding(mesh, P())
 
+  outputs = batching.micro_batched(
+      lambda p, zc: models.pair_outputs(p, zc[0], zc[1], psi=psi),
+      batching.default_micro_batch(mesh.devices.size))
+
   @functools.partial(jax.jit, in_shardings=(repl, repl, data, data), out_shardings=data)
   def step(params, seed, class_idx, draw_idx):
     z = derive_z(seed, class_idx, draw_idx, models.z_dim)
-    out = models.pair_outputs(params, z, class_idx, psi=psi)
+    out = outputs(params, (z, class_idx))
     return {"w": out["w"], "r": out["r"], "logits": out["logits"], "z": z}
 
   return step

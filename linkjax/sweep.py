@@ -50,7 +50,7 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from linkjax import bundle as bundle_lib
-from linkjax import cli, files, jobs, pairs, quantify, unit_analysis
+from linkjax import batching, cli, files, jobs, pairs, quantify, unit_analysis
 
 SWEEP_FILE = "sweep.npz"
 STRIP_DIR = "strips"
@@ -183,7 +183,8 @@ def set_unit(r: jax.Array, unit: jax.Array, value: jax.Array) -> jax.Array:
 
 def sweep_chunk(models: Any, params: Any, r_samples: jax.Array, values: jax.Array,
                 sample: jax.Array, unit: jax.Array, step: jax.Array, *,
-                classes: Sequence[int], return_images: bool = False) -> dict[str, jax.Array]:
+                classes: Sequence[int], return_images: bool = False,
+                micro_batch: int | None = None) -> dict[str, jax.Array]:
   """Results of a chunk of (sample, unit, step) triples. Pure; jit/shard it from outside.
 
   Args:
@@ -196,13 +197,16 @@ def sweep_chunk(models: Any, params: Any, r_samples: jax.Array, values: jax.Arra
     step: [B] int32 steps (columns of `values`).
     classes: class indices whose probabilities are returned.
     return_images: also return the images.
+    micro_batch: images per sequential step of the models (`batching.micro_batched`: on CPU
+      the temporaries stay in cache); None: the whole chunk at once. Equal up to rounding.
   Returns:
     {'metrics': [B, n_labels - 1, M] float32 (`quantify.part_metrics`), 'probs': [B, len(classes)],
      'pred': [B] int32 argmax over all classes, ('images': [B, H, W, 3] uint8)}.
   """
   r = jnp.take(r_samples, sample, axis=0)
   value = values[jnp.maximum(unit, 0), step]
-  out = models.sweep_outputs(params, jax.vmap(set_unit)(r, unit, value))
+  outputs = batching.micro_batched(models.sweep_outputs, micro_batch)
+  out = outputs(params, jax.vmap(set_unit)(r, unit, value))
   images = out["images"]
   metrics = quantify.part_metrics(images.astype(jnp.float32) / jnp.float32(255.0),
                                   out["masks"].astype(jnp.int32), n_labels=models.n_labels)
@@ -220,11 +224,13 @@ def make_step(models: Any, classes: tuple[int, ...], mesh: jax.sharding.Mesh,
   """`sweep_chunk` compiled for `mesh`: triples sharded on 'data', everything else replicated.
 
   Returns `step(params, r_samples, values, sample, unit, step)`; the chunk size must be a
-  multiple of the mesh size. Cached, so the models compile once per chunk shape.
+  multiple of the mesh size. The models run in micro-batches sized for the mesh
+  (`batching.default_micro_batch`). Cached, so the models compile once per chunk shape.
   """
   data = NamedSharding(mesh, P("data"))
   repl = NamedSharding(mesh, P())
-  fn = functools.partial(sweep_chunk, models, classes=classes, return_images=return_images)
+  fn = functools.partial(sweep_chunk, models, classes=classes, return_images=return_images,
+                         micro_batch=batching.default_micro_batch(mesh.devices.size))
   return jax.jit(fn, in_shardings=(repl, repl, repl, data, data, data), out_shardings=data)
 
 
