@@ -247,18 +247,22 @@ def _shard_name(h: int) -> str:
 class _Chunks:
   """Dispatches chunks of triples through the compiled step, fetching chunk k while k+1 runs."""
 
-  def __init__(self, step, params, r_samples, values, chunk: int, progress: jobs.Progress):
+  def __init__(self, step, params, r_samples, values, chunk: int, progress: jobs.Progress,
+               mesh: jax.sharding.Mesh):
     self._step, self._params, self._chunk = step, params, chunk
-    self._r, self._v = jnp.asarray(r_samples), jnp.asarray(values)
+    # Committed to this process's devices: with several processes jit refuses host arrays.
+    self._data = NamedSharding(mesh, P("data"))
+    repl = NamedSharding(mesh, P())
+    self._r, self._v = jax.device_put(r_samples, repl), jax.device_put(values, repl)
     self._progress = progress
     self._pending = None
 
   def submit(self, s, u, k, done: Callable[[dict[str, np.ndarray]], None]) -> None:
-    c = self._chunk
-    out = self._step(self._params, self._r, self._v, jobs.pad_rows(s, c), jobs.pad_rows(u, c),
-                     jobs.pad_rows(k, c))  # dispatched asynchronously
+    c, n = self._chunk, s.size
+    s, u, k = (jax.device_put(jobs.pad_rows(a, c), self._data) for a in (s, u, k))
+    out = self._step(self._params, self._r, self._v, s, u, k)  # dispatched asynchronously
     self.flush()
-    self._pending = (out, s.size, done)
+    self._pending = (out, n, done)
 
   def flush(self) -> None:
     if self._pending is not None:
@@ -338,15 +342,24 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
       return load(run.path)
     step_fn = make_step(models, classes, mesh)
     params = jax.device_put(params, NamedSharding(mesh, P()))
-    todo = [h for h in range(n_shards) if run.read_shard(_shard_name(h)) is None]
-    done_images = total - sum(min((h + 1) * shard_size, total) - h * shard_size for h in todo)
-    base = run.read_shard(BASE_SHARD)
-    progress = jobs.Progress(total + (n_s if base is None else 0), done=done_images,
+    procs = run.processes  # shards are the unit of work across processes
+    mine = [h for h in range(n_shards) if procs.owns(h)]
+    todo = [h for h in mine if run.read_shard(_shard_name(h)) is None]
+
+    def size(h: int) -> int:
+      return min((h + 1) * shard_size, total) - h * shard_size
+
+    base = run.read_shard(BASE_SHARD) if procs.main else {}
+    progress = jobs.Progress(sum(size(h) for h in mine) + (n_s if base is None else 0),
+                             done=sum(size(h) for h in mine) - sum(size(h) for h in todo),
                              every_s=log_every_s, label="sweep ")
     logging.info("sweep: %d samples x %d units x %d steps = %d images, chunks of %d (%d shard "
                  "files); %d shards done, %d to go; %d devices", n_s, n_u, steps, total,
                  eff_chunk, n_shards, n_shards - len(todo), len(todo), mesh.devices.size)
-    runner = _Chunks(step_fn, params, r_samples, values, eff_chunk, progress)
+    if procs.count > 1:
+      logging.info("sweep: process %d of %d computes %d of the shards", procs.index, procs.count,
+                   len(mine))
+    runner = _Chunks(step_fn, params, r_samples, values, eff_chunk, progress, mesh)
     if base is None:  # unperturbed baseline: every sample once, unit untouched
       parts: list[dict[str, np.ndarray]] = []
       for a, b in jobs.chunks(n_s, eff_chunk):
@@ -375,8 +388,12 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
         flat = np.arange(a, min(a + eff_chunk, end), dtype=np.int64)
         runner.submit(*_triples(flat, n_u, steps, units), collect(h, a + eff_chunk >= end))
     runner.flush()
+    if not procs.main:  # process 0 assembles
+      run.wait_output(SWEEP_FILE)
+      return load(run.path)
 
-    shards = [run.read_shard(_shard_name(h)) for h in range(n_shards)]
+    shards = [run.read_shard(_shard_name(h)) if procs.owns(h) else run.wait_shard(_shard_name(h))
+              for h in range(n_shards)]
     flat_res = {k: np.concatenate([sh[k] for sh in shards]) for k in shards[0]}
     n_l = flat_res["metrics"].shape[-2]
     result = {
@@ -425,8 +442,9 @@ def save_strips(out_dir: str | os.PathLike, models: Any, params: Any, r_samples:
   strip_dir = pathlib.Path(out_dir) / STRIP_DIR
   strip_dir.mkdir(parents=True, exist_ok=True)
   picked = strip_samples(class_idx, rows)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
-  r_dev, v_dev = jnp.asarray(r_samples), jnp.asarray(values)
+  data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  params = jax.device_put(params, repl)
+  r_dev, v_dev = jax.device_put(r_samples, repl), jax.device_put(values, repl)
   written = []
   for unit in units:
     png = strip_dir / f"unit_{int(unit):04d}.png"
@@ -438,8 +456,8 @@ def save_strips(out_dir: str | os.PathLike, models: Any, params: Any, r_samples:
     u = np.full_like(s, int(unit))
     images = []
     for a, b in jobs.chunks(s.size, size):
-      o = img_fn(params, r_dev, v_dev, jobs.pad_rows(s[a:b], size), jobs.pad_rows(u[a:b], size),
-                 jobs.pad_rows(k[a:b], size))
+      o = img_fn(params, r_dev, v_dev, *(jax.device_put(jobs.pad_rows(x[a:b], size), data)
+                                         for x in (s, u, k)))
       images.append(np.asarray(o["images"])[:b - a])
     images = np.concatenate(images).reshape(picked.size, steps, *images[0].shape[1:])
     files.write_npz(strip_dir / f"unit_{int(unit):04d}.npz",
@@ -541,7 +559,7 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
         unit_analysis.label_changes(arrays["metrics"], area))).sum(axis=1)
     strips += [int(unit_list[i]) for i in np.argsort(-strength)[:config.strip_top]
                if int(unit_list[i]) not in strips]
-  if strips:
+  if strips and jax.process_index() == 0:  # one process renders the few strip images
     save_strips(out_dir, models, params, r_samples, data["class_idx"][rows], strips, lo=lo,
                 hi=hi, steps=config.steps, sample_ids=rows,
                 rows=min(config.strip_rows, len(present) * config.samples_per_class),
