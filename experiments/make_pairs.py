@@ -58,8 +58,7 @@ def main(argv):
     models = testing.ToyPairs(z_dim=z_dim, w_dim=w_dim, r_dim=r_dim, num_classes=n_cls)
     params, run_info = models.params(), {}
   else:
-    if not _GENERATOR.value or not _CLASSIFIER.value:
-      raise ValueError("--generator and --classifier are required (or --toy_world)")
+    cli.require("--toy_world", generator=_GENERATOR.value, classifier=_CLASSIFIER.value)
     models, params = bundle.ModelBundle.load(generator=_GENERATOR.value,
                                              classifier=_CLASSIFIER.value)
     run_info = {"generator": os.path.abspath(_GENERATOR.value),

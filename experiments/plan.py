@@ -39,11 +39,8 @@ def main(argv):
     models = testing.ToySweep(r_dim=_TOY_R.value)
     params, r_dim = models.params(), _TOY_R.value
   else:
-    missing = [f"--{k}" for k, v in (("generator", _GENERATOR.value),
-                                     ("classifier", _CLASSIFIER.value),
-                                     ("segmenter", _SEGMENTER.value)) if not v]
-    if missing:
-      raise ValueError(f"{', '.join(missing)} required (or --toy_world)")
+    cli.require("--toy_world", generator=_GENERATOR.value, classifier=_CLASSIFIER.value,
+                segmenter=_SEGMENTER.value)
     models, params = bundle.ModelBundle.load(generator=_GENERATOR.value,
                                              classifier=_CLASSIFIER.value,
                                              segmenter=_SEGMENTER.value, link=_LINK.value)

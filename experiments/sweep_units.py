@@ -75,11 +75,8 @@ def main(argv):
     models = testing.ToySweep(r_dim=r_dim)
     params = models.params()
   else:
-    missing = [f"--{k}" for k, v in (("link", _LINK.value), ("generator", _GENERATOR.value),
-                                     ("classifier", _CLASSIFIER.value),
-                                     ("segmenter", _SEGMENTER.value)) if not v]
-    if missing:
-      raise ValueError(f"{', '.join(missing)} required (or --toy_world)")
+    cli.require("--toy_world", link=_LINK.value, generator=_GENERATOR.value,
+                classifier=_CLASSIFIER.value, segmenter=_SEGMENTER.value)
     models, params = bundle.ModelBundle.load(generator=_GENERATOR.value,
                                              classifier=_CLASSIFIER.value,
                                              segmenter=_SEGMENTER.value, link=_LINK.value)

@@ -96,3 +96,11 @@ def initialize_distributed() -> jobs.Processes:
   f = flags.FLAGS
   return jobs.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id,
                                      auto=f.distributed_auto)
+
+
+def require(alternative: str, **values: Any) -> None:
+  """Raises ValueError naming every flag in `values` that is unset (`alternative`: what may
+  replace them, e.g. '--toy_world')."""
+  missing = [f"--{k}" for k, v in values.items() if not v]
+  if missing:
+    raise ValueError(f"{', '.join(missing)} required (or {alternative})")
