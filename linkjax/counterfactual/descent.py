@@ -118,7 +118,7 @@ class SearchConfig:
     56% (300 pairs' link) of solved searches, down to -14 / -21 / -16 logits; the image runs
     ahead of the head in the first steps (w jumps by ~15 per step) and lags it later;
   - the latent-distance term bounds the image's margin: |change of the image margin| /
-    ||change of w|| between steps has p99 ~5.5 and max ~24 (tiny moves, uint8 quantisation);
+    ||change of w|| between steps has p99 ~5.5 and max ~24 (the largest at tiny moves);
   - replayed on those paths (same rule as here), screen_lipschitz 7 (with screen_head 1, or 0)
     changed no search's stop step, at 2.0-2.1x (2.1-2.3x) fewer images than the every-step
     check; 5 missed 0-1 and 3-4 missed 1-4 of each 120 searches (found later). The head term is
