@@ -5,7 +5,9 @@ r"""Generates (w, r) pairs: z -> StyleGAN-XL -> image -> classifier -> (r, logit
       --keep=correct --out=out/pairs
 
 Rerunning the same command after an interruption resumes from the finished shards and gives the
-same pairs as an uninterrupted run. See `linkjax.pairs` for the file layout.
+same pairs as an uninterrupted run. See `linkjax.pairs` for the file layout. With
+--coordinator_address/--num_processes/--process_id (or --distributed_auto) the classes are split
+over the processes of a multi-host job (BUILD.md, "Many processes").
 """
 
 import os
@@ -39,10 +41,12 @@ _TOY_WORLD = flags.DEFINE_bool("toy_world", False, "Testing/benchmarking: use a 
                                "--generator/--classifier.")
 _TOY_DIMS = flags.DEFINE_list("toy_dims", ["8", "6", "5", "1000"],
                               "With --toy_world: z_dim, w_dim, r_dim, num_classes.")
+cli.define_distributed_flags()
 
 
 def main(argv):
   del argv
+  cli.initialize_distributed()
   logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
       __name__)})
   config = pairs.PairConfig(classes=tuple(int(c) for c in _CLASSES.value),
@@ -54,8 +58,7 @@ def main(argv):
     models = testing.ToyPairs(z_dim=z_dim, w_dim=w_dim, r_dim=r_dim, num_classes=n_cls)
     params, run_info = models.params(), {}
   else:
-    if not _GENERATOR.value or not _CLASSIFIER.value:
-      raise ValueError("--generator and --classifier are required (or --toy_world)")
+    cli.require("--toy_world", generator=_GENERATOR.value, classifier=_CLASSIFIER.value)
     models, params = bundle.ModelBundle.load(generator=_GENERATOR.value,
                                              classifier=_CLASSIFIER.value)
     run_info = {"generator": os.path.abspath(_GENERATOR.value),

@@ -8,26 +8,28 @@ baseline, units, sample_idx, class_idx, classes, values, label_names), streaming
 DIR/shards/; rerunning the same command resumes. Image strips go to DIR/strips/ for the units in
 --save_strips_for (and the --strip_top units with the largest label changes). For the
 reference's base samples (psi 0.7, seed 136, no correctness filter) make the pair directory with
-`experiments.make_pairs --psi=0.7 --seed=136 --keep=all`.
+`experiments.make_pairs --psi=0.7 --seed=136 --keep=all`. With --coordinator_address/
+--num_processes/--process_id (or --distributed_auto) the shards are split over the processes of
+a multi-host job (BUILD.md, "Many processes").
 """
 
 from absl import flags, logging
 
-from linkjax import bundle, cli, jobs, sweep
+from linkjax import bundle, cli, jobs, pairs, sweep, testing
 
 _D = sweep.SweepConfig()
 _PAIRS = flags.DEFINE_string("pairs", None, "Pair directory (pairs.npz) the base samples are "
                              "taken from: the first --samples_per_class draws of each class.",
                              required=True)
-_LINK = flags.DEFINE_string("link", None, "Linking-network directory (experiments.fit_link).",
-                            required=True)
-_GENERATOR = flags.DEFINE_string("generator", None, "StyleGAN-XL checkpoint directory.",
-                                 required=True)
+_LINK = flags.DEFINE_string("link", None, "Linking-network directory (experiments.fit_link).")
+_GENERATOR = flags.DEFINE_string("generator", None, "StyleGAN-XL checkpoint directory.")
 _CLASSIFIER = flags.DEFINE_string("classifier", None, "Classifier checkpoint directory (its "
-                                  "config's resize/crop define the input transform).",
-                                  required=True)
+                                  "config's resize/crop define the input transform).")
 _SEGMENTER = flags.DEFINE_string("segmenter", None, "Segmenter checkpoint directory "
-                                 "(experiments.train_segmenter).", required=True)
+                                 "(experiments.train_segmenter).")
+_TOY_WORLD = flags.DEFINE_bool("toy_world", False, "Testing/benchmarking: a tiny synthetic "
+                               "link + generator + classifier + segmenter "
+                               "(linkjax.testing.ToySweep) instead of the four checkpoints.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (created if missing).", required=True)
 _UNITS = flags.DEFINE_string("units", _D.units, "Units of R to sweep: 'all', a range '0-99' "
                              "(inclusive), a list '3,5,7' or a mix '0-9,100'.")
@@ -54,10 +56,12 @@ _STRIP_ROWS = flags.DEFINE_integer("strip_rows", _D.strip_rows, "Samples (rows) 
                                    "round-robin over classes.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a sweep with other arguments in OUT.")
 _LOG_EVERY = flags.DEFINE_float("log_every_s", 30.0, "Seconds between progress lines.")
+cli.define_distributed_flags()
 
 
 def main(argv):
   del argv
+  cli.initialize_distributed()
   logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
       __name__)})
   config = sweep.SweepConfig(
@@ -66,9 +70,16 @@ def main(argv):
       classes=tuple(int(c) for c in _CLASSES.value) if _CLASSES.value else None,
       strip_units=tuple(int(u) for u in _STRIPS.value), strip_top=_STRIP_TOP.value,
       strip_rows=_STRIP_ROWS.value)
-  models, params = bundle.ModelBundle.load(generator=_GENERATOR.value,
-                                           classifier=_CLASSIFIER.value,
-                                           segmenter=_SEGMENTER.value, link=_LINK.value)
+  if _TOY_WORLD.value:
+    r_dim = pairs.load(_PAIRS.value)["r"].shape[1]
+    models = testing.ToySweep(r_dim=r_dim)
+    params = models.params()
+  else:
+    cli.require("--toy_world", link=_LINK.value, generator=_GENERATOR.value,
+                classifier=_CLASSIFIER.value, segmenter=_SEGMENTER.value)
+    models, params = bundle.ModelBundle.load(generator=_GENERATOR.value,
+                                             classifier=_CLASSIFIER.value,
+                                             segmenter=_SEGMENTER.value, link=_LINK.value)
   res = sweep.run(_PAIRS.value, models, params, _OUT.value, config,
                   mesh=jobs.data_mesh(_DEVICES.value), overwrite=_OVERWRITE.value,
                   log_every_s=_LOG_EVERY.value)

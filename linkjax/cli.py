@@ -77,3 +77,30 @@ def parse_ranges(spec: str, what: str = "indices") -> list[int]:
   if not out:
     raise ValueError(f"no {what} in {spec!r}")
   return out
+
+
+def define_distributed_flags() -> None:
+  """--coordinator_address, --num_processes, --process_id, --distributed_auto (JAX's
+  multi-controller runtime; see `jobs.initialize_distributed`)."""
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator, to "
+                      "run the job as several processes (with --num_processes, --process_id); "
+                      "every process must see the same output directory.")
+  flags.DEFINE_integer("num_processes", None, "Processes of the job (with --coordinator_address).")
+  flags.DEFINE_integer("process_id", None, "This process's index in [0, --num_processes).")
+  flags.DEFINE_bool("distributed_auto", False, "Let JAX detect the cluster (SLURM, Cloud TPU) "
+                    "and start its multi-controller runtime.")
+
+
+def initialize_distributed() -> jobs.Processes:
+  """`jobs.initialize_distributed` from the flags of `define_distributed_flags`."""
+  f = flags.FLAGS
+  return jobs.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id,
+                                     auto=f.distributed_auto)
+
+
+def require(alternative: str, **values: Any) -> None:
+  """Raises ValueError naming every flag in `values` that is unset (`alternative`: what may
+  replace them, e.g. '--toy_world')."""
+  missing = [f"--{k}" for k, v in values.items() if not v]
+  if missing:
+    raise ValueError(f"{', '.join(missing)} required (or {alternative})")

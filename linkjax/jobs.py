@@ -14,10 +14,20 @@ Long jobs (pair generation, unit sweeps, the demo) are thin clients of this modu
 * `map_batches`: a jitted function over the rows of some arrays in fixed-size batches, sharded
   over the mesh, dispatch of batch k+1 overlapping the host copy of batch k.
 * `Progress`: images done, images/s and ETA on one line.
+
+Several processes (JAX's multi-controller runtime, `initialize_distributed`): every process
+opens the same shared `RunDir`; process 0 prepares it (run record, overwrite) and the others
+wait for its record. Work is split by shard: `Processes.owns(i)` (i modulo the process count);
+each process computes its own shards on its local devices and writes them, stamped, to the
+shared directory; process 0 assembles the final files once every shard is there
+(`RunDir.wait_shard`) and the other processes wait for them. Nothing crosses processes but
+files, so a killed job restarted with the same arguments resumes each process's shards, and the
+result is bit-identical to a single-process run whose process has the same local devices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -45,6 +55,67 @@ RUN_ID_KEY = "_run_id"
 
 class JobError(RuntimeError):
   """A run directory is busy, conflicting, foreign or incomplete."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+  """This process's place among the processes of a job (one process: index 0 of 1)."""
+  index: int = 0
+  count: int = 1
+
+  @classmethod
+  def current(cls) -> Processes:
+    """From JAX's runtime (`jax.process_index`, `jax.process_count`)."""
+    return cls(jax.process_index(), jax.process_count())
+
+  def owns(self, i: int) -> bool:
+    """Whether work item i (a shard, a class) is this process's."""
+    return i % self.count == self.index
+
+  @property
+  def main(self) -> bool:
+    """Process 0 prepares run directories and assembles final outputs."""
+    return self.index == 0
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           auto: bool = False) -> Processes:
+  """Starts JAX's multi-controller runtime when asked; returns this process's place.
+
+  Args:
+    coordinator_address: 'host:port' of process 0's coordinator; with num_processes and
+      process_id, an explicit launch (several processes on one host, or one per host).
+    num_processes, process_id: this job's process count and this process's index.
+    auto: let JAX detect the cluster (SLURM, Cloud TPU, ...) when no address is given.
+  Returns:
+    the `Processes` of this job (index 0 of 1 when nothing was asked).
+  Raises:
+    ValueError: an incomplete explicit launch (some of the three given, not all).
+  """
+  given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+  if any(given) and not all(given):
+    raise ValueError("--coordinator_address, --num_processes and --process_id go together")
+  if all(given):
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"process_id {process_id} outside [0, {num_processes})")
+    jax.distributed.initialize(coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+  elif auto:
+    jax.distributed.initialize()
+  return Processes.current()
+
+
+def wait_for(path: pathlib.Path, what: str, *, poll_s: float = 0.5,
+             log_every_s: float = 60.0) -> None:
+  """Blocks until `path` exists (written by another process of the job)."""
+  t0 = last = time.monotonic()
+  while not path.exists():
+    now = time.monotonic()
+    if now - last >= log_every_s:
+      last = now
+      logging.info("waiting %.0f s for %s (%s)", now - t0, what, path)
+    time.sleep(poll_s)
 
 
 def array_hash(*arrays: Any) -> str:
@@ -77,8 +148,9 @@ class RunDir:
 
   def __init__(self, path: str | os.PathLike, kind: str, record: Mapping[str, Any],
                outputs: Sequence[str] = (), *, overwrite: bool = False,
-               error: type[Exception] = JobError):
+               error: type[Exception] = JobError, processes: Processes | None = None):
     self.path = pathlib.Path(path)
+    self.processes = processes if processes is not None else Processes.current()
     self.kind = kind
     self.record = {"kind": kind, **_canonical(record)}
     self.run_id = hashlib.sha256(files.dumps(self.record).encode()).hexdigest()[:32]
@@ -90,9 +162,13 @@ class RunDir:
   # --- lifecycle -------------------------------------------------------------------------------
 
   def __enter__(self) -> RunDir:
-    self._check_takeover()
-    self.path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    if not self.processes.main:
+      self._wait_for_record()
+    else:
+      self._check_takeover()
+      self.path.mkdir(parents=True, exist_ok=True)
+    lock = LOCK_FILE if self.processes.count == 1 else f"{LOCK_FILE}.{self.processes.index}"
+    fd = os.open(self.path / lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -101,7 +177,8 @@ class RunDir:
                         "for it to finish or use another output directory") from None
     self._lock_fd = fd
     try:
-      self._prepare()
+      if self.processes.main:
+        self._prepare()
     except BaseException:
       self.__exit__(None, None, None)
       raise
@@ -114,7 +191,23 @@ class RunDir:
       self._lock_fd = None
 
   def _ours(self, name: str) -> bool:
-    return name in (RUN_FILE, SHARD_DIR, LOCK_FILE, *self._outputs) or name.startswith(".")
+    return name in (RUN_FILE, SHARD_DIR, *self._outputs) or name.startswith(".")
+
+  def _wait_for_record(self) -> None:
+    """A non-main process waits until process 0 has written this run's record."""
+    run_file = self.path / RUN_FILE
+    t0 = last = time.monotonic()
+    while True:
+      try:
+        if files.read_json(run_file) == self.record and (self.path / SHARD_DIR).is_dir():
+          return
+      except files.FileError:
+        pass
+      if time.monotonic() - last >= 60:
+        last = time.monotonic()
+        logging.info("process %d: waiting %.0f s for process 0 to prepare %s",
+                     self.processes.index, last - t0, self.path)
+      time.sleep(0.2)
 
   def _check_takeover(self) -> None:
     p = self.path
@@ -198,6 +291,18 @@ class RunDir:
                         "job wrote into this directory. Delete the directory and start again.")
     return arrays
 
+  def wait_shard(self, name: str) -> dict[str, np.ndarray]:
+    """A shard of another process of the job, waiting until it is written."""
+    wait_for(self.shard_path(name), f"shard {name} of another process")
+    shard = self.read_shard(name)
+    if shard is None:  # deleted as damaged: its process recomputes it on its next run
+      raise self._error(f"shard {name} in {self.path} is damaged; rerun the job to recompute it")
+    return shard
+
+  def wait_output(self, name: str) -> None:
+    """Waits until process 0 has written a final output."""
+    wait_for(self.path / name, f"{name} from process 0")
+
   def write_output(self, name: str, arrays: Mapping[str, Any]) -> None:
     files.write_npz(self.path / name, arrays)
 
@@ -208,15 +313,16 @@ class RunDir:
 # --- devices -------------------------------------------------------------------------------------
 
 def data_mesh(devices: Sequence[jax.Device] | int | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh with axis 'data' over `devices` (a list, the first n devices, or all).
+  """A 1-D mesh with axis 'data' over `devices` (a list, the first n local devices, or all
+  local devices: with several processes each computes its own shards on its own devices).
 
   Auto axis types: the models carry no sharding annotations and GSPMD propagates the batch
   split through them.
   """
   if devices is None:
-    devs = jax.devices()
+    devs = jax.local_devices()
   elif isinstance(devices, int):
-    devs = jax.devices()[:devices]
+    devs = jax.local_devices()[:devices]
   else:
     devs = list(devices)
   return jax.make_mesh((len(devs),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),

@@ -53,7 +53,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from linkjax import files, jobs
+from linkjax import batching, files, jobs
 
 PAIR_KEYS = ("w", "r", "class_idx", "z", "logits", "draw_idx")
 KEEP_MODES = ("correct", "all")
@@ -156,16 +156,22 @@ def derive_z(seed: int | jax.Array, class_idx: jax.Array, draw_idx: jax.Array,
 def make_step(models: Any, psi: float, mesh: jax.sharding.Mesh):
   """The compiled block step `(params, seed, class_idx [B], draw_idx [B]) -> dict` for `mesh`.
 
-  B must be a multiple of the mesh size. Returns w, r, logits and z, sharded on 'data'. Cached
-  per (models, psi, mesh), so repeated runs compile once per batch shape.
+  B must be a multiple of the mesh size. Returns w, r, logits and z, sharded on 'data'. The
+  models run in micro-batches sized for the mesh (`batching.default_micro_batch`: on CPU the
+  generator's temporaries stay in cache). Cached per (models, psi, mesh), so repeated runs
+  compile once per batch shape.
   """
   data = NamedSharding(mesh, P("data"))
   repl = NamedSharding(mesh, P())
 
+  outputs = batching.micro_batched(
+      lambda p, zc: models.pair_outputs(p, zc[0], zc[1], psi=psi),
+      batching.default_micro_batch(mesh.devices.size))
+
   @functools.partial(jax.jit, in_shardings=(repl, repl, data, data), out_shardings=data)
   def step(params, seed, class_idx, draw_idx):
     z = derive_z(seed, class_idx, draw_idx, models.z_dim)
-    out = models.pair_outputs(params, z, class_idx, psi=psi)
+    out = outputs(params, (z, class_idx))
     return {"w": out["w"], "r": out["r"], "logits": out["logits"], "z": z}
 
   return step
@@ -204,14 +210,19 @@ def generate_pairs(models: Any, params: Any, out_dir: str | os.PathLike, config:
     if (out_dir / PAIRS_FILE).exists() and (out_dir / SUMMARY_FILE).exists():
       logging.info("%s is already complete; loading it", out_dir / PAIRS_FILE)
       return load(out_dir)
-    return _generate(models, params, run, config, mesh or jobs.data_mesh(), log_every_s)
+    result = _generate(models, params, run, config, mesh or jobs.data_mesh(), log_every_s)
+    if result is None:  # another process assembles
+      run.wait_output(SUMMARY_FILE)
+      result = load(out_dir)
+    return result
 
 
 def _generate(models, params, run: jobs.RunDir, config: PairConfig, mesh, log_every_s):
   batch, n_per_class, max_draws = config.batch, config.n_per_class, config.max_draws
   padded = jobs.padded_size(batch, mesh)
   step = make_step(models, float(config.psi), mesh)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
+  data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  params = jax.device_put(params, repl)
   seed_arr = np.int32(config.seed)
   logging.info("pair generation: %d classes x %d, batch %d (padded to %d over %d devices), keep=%s,"
                " max %d draws per class -> %s", len(config.classes), n_per_class, batch, padded,
@@ -223,7 +234,10 @@ def _generate(models, params, run: jobs.RunDir, config: PairConfig, mesh, log_ev
     start = block * batch
     draws = np.arange(start, start + padded, dtype=np.int64)
     draws[batch:] = start + batch - 1  # padding rows repeat the block's last draw
-    args = (params, seed_arr, np.full(padded, c, np.int32), draws.astype(np.int32))
+    # Committed to this process's devices: with several processes jit refuses host arrays.
+    args = (params, jax.device_put(seed_arr, repl),
+            jax.device_put(np.full(padded, c, np.int32), data),
+            jax.device_put(draws.astype(np.int32), data))
     if not compiled:
       t0 = time.perf_counter()
       compiled.append(step.lower(*args).compile())
@@ -234,14 +248,22 @@ def _generate(models, params, run: jobs.RunDir, config: PairConfig, mesh, log_ev
 
   per_class, summary = {}, {}
   n_blocks_max = -(-max_draws // batch)
-  progress = jobs.Progress(len(config.classes) * n_per_class, "pairs", every_s=log_every_s,
+  procs = run.processes
+  # Classes are the unit of work across processes; process 0 also reads the others' shards.
+  mine = [c for i, c in enumerate(config.classes) if procs.owns(i)]
+  progress = jobs.Progress(len(mine) * n_per_class, "pairs", every_s=log_every_s,
                            label="pairs ")
-  for c in config.classes:
+  for i, c in enumerate(config.classes):
+    owned = procs.owns(i)
+    if not owned and not procs.main:
+      continue
     parts, accepted, drawn, block = [], 0, 0, 0
     inflight: dict[int, Any] = {}
     while accepted < n_per_class and block < n_blocks_max:
       shard = run.read_shard(_shard_name(c, block))
-      if shard is None:
+      if shard is None and not owned:
+        shard = run.wait_shard(_shard_name(c, block))
+      elif shard is None:
         t0 = time.perf_counter()
         out = inflight.pop(block, None)
         if out is None:
@@ -260,7 +282,8 @@ def _generate(models, params, run: jobs.RunDir, config: PairConfig, mesh, log_ev
       else:
         inflight.pop(block, None)
       drawn += int(shard["n_drawn"])
-      progress.update(min(len(shard["draw_idx"]), n_per_class - accepted))
+      if owned:
+        progress.update(min(len(shard["draw_idx"]), n_per_class - accepted))
       accepted += len(shard["draw_idx"])
       parts.append(shard)
       block += 1
@@ -269,7 +292,7 @@ def _generate(models, params, run: jobs.RunDir, config: PairConfig, mesh, log_ev
     per_class[c] = rows
     logging.info("class %d: accepted %d/%d, drawn %d (acceptance %.1f%%)", c,
                  min(accepted, n_per_class), n_per_class, drawn, 100.0 * accepted / max(drawn, 1))
-    if hit_limit:
+    if hit_limit and owned:
       progress.update(n_per_class - accepted)
       logging.warning(
           "class %d: only %d of %d pairs accepted after max_draws_per_class=%d draws "
@@ -278,6 +301,8 @@ def _generate(models, params, run: jobs.RunDir, config: PairConfig, mesh, log_ev
     summary[str(c)] = {"accepted": int(min(accepted, n_per_class)), "drawn": drawn,
                        "acceptance_rate": accepted / max(drawn, 1), "hit_draw_limit": hit_limit}
 
+  if not procs.main:
+    return None
   result = {k: np.concatenate([per_class[c][k] for c in config.classes]) for k in PAIR_KEYS}
   run.write_output(PAIRS_FILE, result)
   images_per_s = stats["computed"] / stats["t_compute"] if stats["t_compute"] > 0 else None

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as in the reference's luminance
 _GRAY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray weights, as in the reference's entropy
@@ -56,45 +57,91 @@ def to_grey_uint8(images: jax.Array) -> jax.Array:
   return jnp.clip(jnp.rint(grey * jnp.float32(255.0)), 0, 255).astype(jnp.int32)
 
 
+def _disk_counts(x: np.ndarray | jax.Array, radius: int) -> np.ndarray | jax.Array:
+  """Sums of `x` ([..., H + 2r, W + 2r], zero-padded by r) over disk(r): [..., H, W].
+
+  The disk is a union of horizontal runs, one per row offset dy, of half-width hw(dy). Runs are
+  built from a doubling ladder along x (p_1 = x, p_2m[i] = p_m[i] + p_m[i + m]), each width
+  2hw + 1 a sum of its binary digits' ladder entries; then one shifted run per row is added.
+  About 2r + log2(r) + popcounts additions per output, all on whole planes.
+  """
+  r = radius
+  h, w = x.shape[-2] - 2 * r, x.shape[-1] - 2 * r
+  ladder = {1: x}
+  m = 1
+  while 2 * m <= 2 * r + 1:
+    p = ladder[m]
+    n = p.shape[-1] - m
+    ladder[2 * m] = p[..., :n] + p[..., m:m + n]
+    m *= 2
+  runs = {}
+  for hw in sorted(set(disk_half_widths(r))):
+    width, start, acc = 2 * hw + 1, r - hw, None
+    for bit in sorted(ladder, reverse=True):
+      if width & bit:
+        term = ladder[bit][..., start:start + w]
+        acc = term if acc is None else acc + term
+        start += bit
+    runs[hw] = acc  # [..., H + 2r, W]: run of half-width hw centred on each column
+  counts = None
+  for i, hw in enumerate(disk_half_widths(r)):
+    term = runs[hw][..., i:i + h, :]  # padded row y + dy, dy = i - r
+    counts = term if counts is None else counts + term
+  return counts
+
+
+def _disk_pixel_counts(h: int, w: int, radius: int) -> np.ndarray:
+  """Number of in-image pixels of disk(radius) around every pixel of an H x W image: [H, W]."""
+  inside = np.pad(np.ones((h, w), np.int64), radius)
+  return _disk_counts(inside, radius).astype(np.int64)
+
+
+# Entropy levels handled per step of the loop over grey levels (see `local_entropy`).
+_LEVEL_BLOCK = 8
+
+
 def local_entropy(grey: jax.Array, radius: int = 5) -> jax.Array:
   """Local Shannon entropy (bits) over a disk; equals skimage.filters.rank.entropy.
 
-  The neighbourhood histogram of every pixel is built from a one-hot encoding of the grey levels:
-  the disk is a union of horizontal runs, so each histogram is a sum of 2r+1 run sums, each the
-  difference of two horizontal prefix sums. Out-of-image pixels are encoded as all-zero one-hot
-  vectors, so they are not counted (skimage's rank filters count only in-image pixels).
-  The one-hot maps, prefix sums and counts are uint8 and level-major ([256, H, W]): prefix sums
-  may wrap past 255, but run sums (<= 2r+1) and counts (<= |disk| = 81 for r = 5) are below 256,
-  so modular uint8 arithmetic gives them exactly, with a quarter of float32's memory traffic
-  (about 10x faster on CPU than a float32, level-last layout). Memory is about
-  2 (H+2r)(W+2r+1) 256 bytes plus a float32 [256, H, W] temporary per image.
+  Entropy = log2(N) - sum_v c_v log2(c_v) / N, with c_v the count of grey level v in the disk
+  around a pixel and N = sum_v c_v the number of in-image pixels of the disk (skimage's rank
+  filters count only in-image pixels), which depends on the position only and is a constant.
+  The counts come from a one-hot encoding of the levels, padded with all-zero vectors outside
+  the image, summed over the disk's horizontal runs (`_disk_counts`) in uint8 (counts <= |disk|
+  = 81 for r = 5 < 256, exact). Levels are processed in a loop over blocks of `_LEVEL_BLOCK`
+  levels, accumulating sum_v c_v log2(c_v) in float32: the block's [..., 8, H + 2r, W + 2r]
+  temporaries stay in cache for a batch of images, where the [..., 256, H, W] arrays of all
+  levels at once did not, and the loop keeps any leading batch axis a parallel (shardable) axis.
+  The block's sum over levels is taken as two halves: with a single reduction, XLA:CPU fuses the
+  whole add tree of `_disk_counts` into the reduction, which then runs ~5x slower.
 
   Args:
     grey: [..., H, W] int32 grey levels in 0..255.
-    radius: disk radius in pixels (needs 2r+1 <= 255 and |disk| <= 255, i.e. r <= 8).
+    radius: disk radius in pixels (needs |disk| <= 255, i.e. r <= 8).
   Returns:
-    [..., H, W] float32 entropy in bits: log2(N) - sum_v c_v log2(c_v) / N.
+    [..., H, W] float32 entropy in bits.
   """
   if sum(2 * hw + 1 for hw in disk_half_widths(radius)) > 255:
     raise ValueError(f"radius {radius} too large for uint8 neighbourhood counts")
   *batch, h, w = grey.shape
   r = radius
   pad = [(0, 0)] * len(batch) + [(r, r), (r, r)]
-  padded = jnp.pad(grey.astype(jnp.int32), pad, constant_values=-1)  # -1 matches no level
-  levels = jnp.arange(_N_GREY, dtype=jnp.int32)[:, None, None]
-  onehot = (padded[..., None, :, :] == levels).astype(jnp.uint8)  # [..., 256, H+2r, W+2r]
-  zeros = jnp.zeros((*batch, _N_GREY, h + 2 * r, 1), jnp.uint8)
-  prefix = jnp.concatenate([zeros, jnp.cumsum(onehot, axis=-1, dtype=jnp.uint8)], axis=-1)
-  counts = jnp.zeros((*batch, _N_GREY, h, w), jnp.uint8)
-  for i, hw in enumerate(disk_half_widths(r)):
-    rows = prefix[..., i:i + h, :]  # padded row y + dy with dy = i - r
-    counts = counts + (rows[..., r + hw + 1:r + hw + 1 + w] - rows[..., r - hw:r - hw + w])
-  # Two separate reductions from the uint8 counts: sharing one float32 copy of the counts
-  # between them makes XLA materialise it (3x slower on CPU).
-  n = jnp.sum(counts.astype(jnp.int32), axis=-3).astype(jnp.float32)
-  c = counts.astype(jnp.float32)
-  c_log_c = jnp.sum(c * jnp.log2(jnp.maximum(c, 1.0)), axis=-3)
-  return jnp.log2(n) - c_log_c / n
+  padded = jnp.pad(grey.astype(jnp.int32), pad, constant_values=-1)[..., None, :, :]
+  block = _LEVEL_BLOCK
+
+  def f_sum(c):
+    c = c.astype(jnp.float32)
+    return jnp.sum(c * jnp.log2(jnp.maximum(c, 1.0)), axis=-3)
+
+  def body(i, acc):
+    levels = (i * block + jnp.arange(block, dtype=jnp.int32))[:, None, None]
+    counts = _disk_counts((padded == levels).astype(jnp.uint8), r)  # [..., block, H, W]
+    half = block // 2
+    return acc + (f_sum(counts[..., :half, :, :]) + f_sum(counts[..., half:, :, :]))
+
+  c_log_c = lax.fori_loop(0, _N_GREY // block, body, jnp.zeros((*batch, h, w), jnp.float32))
+  n = _disk_pixel_counts(h, w, r)
+  return jnp.asarray(np.log2(n), jnp.float32) - c_log_c / jnp.asarray(n, jnp.float32)
 
 
 class PartMasks(NamedTuple):
@@ -111,7 +158,12 @@ class PartMasks(NamedTuple):
 
   def mean(self, x: jax.Array) -> jax.Array:
     """Mean of x ([H, W] or [L, H, W]) inside each label's mask: [L] (0 for empty labels)."""
-    return jnp.sum(self.masks * x, axis=(1, 2)) / jnp.where(self.area > 0, self.area, 1.0)
+    if x.ndim == 2:  # one contraction, without an [L, H, W] product
+      total = jnp.einsum("lhw,hw->l", self.masks, x.astype(jnp.float32),
+                         precision=lax.Precision.HIGHEST)
+    else:
+      total = jnp.sum(self.masks * x, axis=(1, 2))
+    return total / jnp.where(self.area > 0, self.area, 1.0)
 
 
 def _area(p: PartMasks) -> jax.Array:
@@ -127,15 +179,32 @@ def _entropy(p: PartMasks) -> jax.Array:
 
 
 def _inertia(p: PartMasks) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """skimage's inertia tensor [[a, b], [b, c]] of each label: (a, b, c), each [L]."""
+  """skimage's inertia tensor [[a, b], [b, c]] of each label: (a, b, c), each [L].
+
+  Central moments from integer sums: per-row and per-column pixel counts of each mask (and the
+  column-weighted row sums) are small integers, exact in float32; the coordinates are shifted
+  by an integer point k near each label's centroid, so sum((r - k)^2) etc. are sums of integer
+  products without the cancellation of raw moments, and the variance is
+  sum((r - k)^2) / A - (sum(r - k) / A)^2 with |sum(r - k) / A| < 1. Only [L, H] and [L, W]
+  arrays are formed besides the masks.
+  """
   h, w = p.masks.shape[1:]
-  # Two-pass central moments (means first) keep float32 accurate for 128x128 masks.
-  rows = jnp.arange(h, dtype=jnp.float32)[None, :, None]
-  cols = jnp.arange(w, dtype=jnp.float32)[None, None, :]
-  dr = rows - p.mean(rows)[:, None, None]
-  dc = cols - p.mean(cols)[:, None, None]
-  mu20, mu02, mu11 = p.mean(dr * dr), p.mean(dc * dc), p.mean(dr * dc)
-  return mu02, -mu11, mu20
+  rows = jnp.arange(h, dtype=jnp.float32)
+  cols = jnp.arange(w, dtype=jnp.float32)
+  row_count = jnp.sum(p.masks, axis=2)  # [L, H]
+  col_count = jnp.sum(p.masks, axis=1)  # [L, W]
+  row_csum = jnp.sum(p.masks * cols, axis=2)  # [L, H]: sum of column indices per row
+  area = jnp.where(p.area > 0, p.area, 1.0)[:, None]
+  k_r = jnp.floor(jnp.sum(row_count * rows, axis=1, keepdims=True) / area)
+  k_c = jnp.floor(jnp.sum(col_count * cols, axis=1, keepdims=True) / area)
+  dr, dc = rows - k_r, cols - k_c  # [L, H], [L, W] integers
+  m_r = jnp.sum(dr * row_count, axis=1, keepdims=True) / area
+  m_c = jnp.sum(dc * col_count, axis=1, keepdims=True) / area
+  mu20 = jnp.sum(dr * dr * row_count, axis=1, keepdims=True) / area - m_r * m_r
+  mu02 = jnp.sum(dc * dc * col_count, axis=1, keepdims=True) / area - m_c * m_c
+  mu11 = (jnp.sum(dr * (row_csum - k_c * row_count), axis=1, keepdims=True) / area
+          - m_r * m_c)
+  return mu02[:, 0], -mu11[:, 0], mu20[:, 0]
 
 
 def _eccentricity(p: PartMasks) -> jax.Array:

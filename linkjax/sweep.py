@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,7 +51,7 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from linkjax import bundle as bundle_lib
-from linkjax import cli, files, jobs, pairs, quantify, unit_analysis
+from linkjax import batching, cli, files, jobs, pairs, quantify, unit_analysis
 
 SWEEP_FILE = "sweep.npz"
 STRIP_DIR = "strips"
@@ -183,7 +184,8 @@ def set_unit(r: jax.Array, unit: jax.Array, value: jax.Array) -> jax.Array:
 
 def sweep_chunk(models: Any, params: Any, r_samples: jax.Array, values: jax.Array,
                 sample: jax.Array, unit: jax.Array, step: jax.Array, *,
-                classes: Sequence[int], return_images: bool = False) -> dict[str, jax.Array]:
+                classes: Sequence[int], return_images: bool = False,
+                micro_batch: int | None = None) -> dict[str, jax.Array]:
   """Results of a chunk of (sample, unit, step) triples. Pure; jit/shard it from outside.
 
   Args:
@@ -196,13 +198,16 @@ def sweep_chunk(models: Any, params: Any, r_samples: jax.Array, values: jax.Arra
     step: [B] int32 steps (columns of `values`).
     classes: class indices whose probabilities are returned.
     return_images: also return the images.
+    micro_batch: images per sequential step of the models (`batching.micro_batched`: on CPU
+      the temporaries stay in cache); None: the whole chunk at once. Equal up to rounding.
   Returns:
     {'metrics': [B, n_labels - 1, M] float32 (`quantify.part_metrics`), 'probs': [B, len(classes)],
      'pred': [B] int32 argmax over all classes, ('images': [B, H, W, 3] uint8)}.
   """
   r = jnp.take(r_samples, sample, axis=0)
   value = values[jnp.maximum(unit, 0), step]
-  out = models.sweep_outputs(params, jax.vmap(set_unit)(r, unit, value))
+  outputs = batching.micro_batched(models.sweep_outputs, micro_batch)
+  out = outputs(params, jax.vmap(set_unit)(r, unit, value))
   images = out["images"]
   metrics = quantify.part_metrics(images.astype(jnp.float32) / jnp.float32(255.0),
                                   out["masks"].astype(jnp.int32), n_labels=models.n_labels)
@@ -220,11 +225,13 @@ def make_step(models: Any, classes: tuple[int, ...], mesh: jax.sharding.Mesh,
   """`sweep_chunk` compiled for `mesh`: triples sharded on 'data', everything else replicated.
 
   Returns `step(params, r_samples, values, sample, unit, step)`; the chunk size must be a
-  multiple of the mesh size. Cached, so the models compile once per chunk shape.
+  multiple of the mesh size. The models run in micro-batches sized for the mesh
+  (`batching.default_micro_batch`). Cached, so the models compile once per chunk shape.
   """
   data = NamedSharding(mesh, P("data"))
   repl = NamedSharding(mesh, P())
-  fn = functools.partial(sweep_chunk, models, classes=classes, return_images=return_images)
+  fn = functools.partial(sweep_chunk, models, classes=classes, return_images=return_images,
+                         micro_batch=batching.default_micro_batch(mesh.devices.size))
   return jax.jit(fn, in_shardings=(repl, repl, repl, data, data, data), out_shardings=data)
 
 
@@ -241,18 +248,27 @@ def _shard_name(h: int) -> str:
 class _Chunks:
   """Dispatches chunks of triples through the compiled step, fetching chunk k while k+1 runs."""
 
-  def __init__(self, step, params, r_samples, values, chunk: int, progress: jobs.Progress):
+  def __init__(self, step, params, r_samples, values, chunk: int, progress: jobs.Progress,
+               mesh: jax.sharding.Mesh):
     self._step, self._params, self._chunk = step, params, chunk
-    self._r, self._v = jnp.asarray(r_samples), jnp.asarray(values)
+    # Committed to this process's devices: with several processes jit refuses host arrays.
+    self._data = NamedSharding(mesh, P("data"))
+    repl = NamedSharding(mesh, P())
+    self._r, self._v = jax.device_put(r_samples, repl), jax.device_put(values, repl)
     self._progress = progress
     self._pending = None
+    self.first_call_s = 0.0  # compiling the step plus one chunk
 
   def submit(self, s, u, k, done: Callable[[dict[str, np.ndarray]], None]) -> None:
-    c = self._chunk
-    out = self._step(self._params, self._r, self._v, jobs.pad_rows(s, c), jobs.pad_rows(u, c),
-                     jobs.pad_rows(k, c))  # dispatched asynchronously
+    c, n = self._chunk, s.size
+    s, u, k = (jax.device_put(jobs.pad_rows(a, c), self._data) for a in (s, u, k))
+    t0 = time.perf_counter()
+    out = self._step(self._params, self._r, self._v, s, u, k)  # dispatched asynchronously
+    if not self.first_call_s:
+      jax.block_until_ready(out)
+      self.first_call_s = time.perf_counter() - t0
     self.flush()
-    self._pending = (out, s.size, done)
+    self._pending = (out, n, done)
 
   def flush(self) -> None:
     if self._pending is not None:
@@ -267,7 +283,8 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
               shard_size: int = 4096, lo: Any = None, hi: Any = None, sample_ids: Any = None,
               classes: Sequence[int] | None = None, mesh: jax.sharding.Mesh | None = None,
               overwrite: bool = False, log_every_s: float = 30.0,
-              on_shard: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+              on_shard: Callable[[int], None] | None = None,
+              timing: dict[str, float] | None = None) -> dict[str, np.ndarray]:
   """Sweeps units over samples, streaming results to shard files; a rerun resumes.
 
   Args:
@@ -289,6 +306,9 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
     overwrite: replace a sweep with other arguments in `out_dir`.
     log_every_s: seconds between progress lines when not on a terminal.
     on_shard: called with the shard index after each newly written shard (tests).
+    timing: if given, receives 'first_call_s' (the first chunk: compiling the step plus one
+      chunk), 'steps_s' (all chunks, the first included, with the shards' host work
+      overlapped) and 'images' computed here.
   Returns:
     The arrays of `sweep.npz`: 'metrics' [S, U, steps, L, M], 'probs' [S, U, steps, C],
     'pred' [S, U, steps] int32, 'base_metrics' [S, L, M], 'base_probs' [S, C], 'base_pred' [S]
@@ -332,15 +352,26 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
       return load(run.path)
     step_fn = make_step(models, classes, mesh)
     params = jax.device_put(params, NamedSharding(mesh, P()))
-    todo = [h for h in range(n_shards) if run.read_shard(_shard_name(h)) is None]
-    done_images = total - sum(min((h + 1) * shard_size, total) - h * shard_size for h in todo)
-    base = run.read_shard(BASE_SHARD)
-    progress = jobs.Progress(total + (n_s if base is None else 0), done=done_images,
+    procs = run.processes  # shards are the unit of work across processes
+    mine = [h for h in range(n_shards) if procs.owns(h)]
+    todo = [h for h in mine if run.read_shard(_shard_name(h)) is None]
+
+    def size(h: int) -> int:
+      return min((h + 1) * shard_size, total) - h * shard_size
+
+    base = run.read_shard(BASE_SHARD) if procs.main else {}
+    progress = jobs.Progress(sum(size(h) for h in mine) + (n_s if base is None else 0),
+                             done=sum(size(h) for h in mine) - sum(size(h) for h in todo),
                              every_s=log_every_s, label="sweep ")
     logging.info("sweep: %d samples x %d units x %d steps = %d images, chunks of %d (%d shard "
                  "files); %d shards done, %d to go; %d devices", n_s, n_u, steps, total,
                  eff_chunk, n_shards, n_shards - len(todo), len(todo), mesh.devices.size)
-    runner = _Chunks(step_fn, params, r_samples, values, eff_chunk, progress)
+    if procs.count > 1:
+      logging.info("sweep: process %d of %d computes %d of the shards", procs.index, procs.count,
+                   len(mine))
+    runner = _Chunks(step_fn, params, r_samples, values, eff_chunk, progress, mesh)
+    t0 = time.perf_counter()
+    base_computed = base is None
     if base is None:  # unperturbed baseline: every sample once, unit untouched
       parts: list[dict[str, np.ndarray]] = []
       for a, b in jobs.chunks(n_s, eff_chunk):
@@ -369,8 +400,15 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
         flat = np.arange(a, min(a + eff_chunk, end), dtype=np.int64)
         runner.submit(*_triples(flat, n_u, steps, units), collect(h, a + eff_chunk >= end))
     runner.flush()
+    if timing is not None:
+      timing.update(first_call_s=runner.first_call_s, steps_s=time.perf_counter() - t0,
+                    images=sum(size(h) for h in todo) + (n_s if base_computed else 0))
+    if not procs.main:  # process 0 assembles
+      run.wait_output(SWEEP_FILE)
+      return load(run.path)
 
-    shards = [run.read_shard(_shard_name(h)) for h in range(n_shards)]
+    shards = [run.read_shard(_shard_name(h)) if procs.owns(h) else run.wait_shard(_shard_name(h))
+              for h in range(n_shards)]
     flat_res = {k: np.concatenate([sh[k] for sh in shards]) for k in shards[0]}
     n_l = flat_res["metrics"].shape[-2]
     result = {
@@ -419,8 +457,9 @@ def save_strips(out_dir: str | os.PathLike, models: Any, params: Any, r_samples:
   strip_dir = pathlib.Path(out_dir) / STRIP_DIR
   strip_dir.mkdir(parents=True, exist_ok=True)
   picked = strip_samples(class_idx, rows)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
-  r_dev, v_dev = jnp.asarray(r_samples), jnp.asarray(values)
+  data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  params = jax.device_put(params, repl)
+  r_dev, v_dev = jax.device_put(r_samples, repl), jax.device_put(values, repl)
   written = []
   for unit in units:
     png = strip_dir / f"unit_{int(unit):04d}.png"
@@ -432,8 +471,8 @@ def save_strips(out_dir: str | os.PathLike, models: Any, params: Any, r_samples:
     u = np.full_like(s, int(unit))
     images = []
     for a, b in jobs.chunks(s.size, size):
-      o = img_fn(params, r_dev, v_dev, jobs.pad_rows(s[a:b], size), jobs.pad_rows(u[a:b], size),
-                 jobs.pad_rows(k[a:b], size))
+      o = img_fn(params, r_dev, v_dev, *(jax.device_put(jobs.pad_rows(x[a:b], size), data)
+                                         for x in (s, u, k)))
       images.append(np.asarray(o["images"])[:b - a])
     images = np.concatenate(images).reshape(picked.size, steps, *images[0].shape[1:])
     files.write_npz(strip_dir / f"unit_{int(unit):04d}.npz",
@@ -510,7 +549,8 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
       reference's 20 px at 128 x 128 scaled to the mask resolution.
     mesh, overwrite, log_every_s: as `run_sweep`.
   Returns:
-    {'n_units', 'n_samples', 'steps', 'n_images', 'strip_units', 'arrays': sweep.npz arrays}.
+    {'n_units', 'n_samples', 'steps', 'n_images', 'strip_units', 'timing' (of `run_sweep`;
+     empty for a finished sweep), 'arrays': sweep.npz arrays}.
   """
   data = pairs.load(pairs_dir)
   present = [int(c) for c in (config.classes if config.classes is not None
@@ -524,10 +564,11 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
   unit_list = parse_units(config.units, r_samples.shape[1])
   logging.info("sweep: %d base samples from %s (%d classes), %d units", rows.size, pairs_dir,
                len(present), unit_list.size)
+  timing: dict[str, float] = {}
   arrays = run_sweep(out_dir, models, params, r_samples, data["class_idx"][rows], units=unit_list,
                      steps=config.steps, chunk=config.chunk, shard_size=config.shard_size,
                      lo=lo, hi=hi, sample_ids=rows, classes=present, mesh=mesh,
-                     overwrite=overwrite, log_every_s=log_every_s)
+                     overwrite=overwrite, log_every_s=log_every_s, timing=timing)
   strips = list(config.strip_units)
   if config.strip_top:
     area = unit_analysis.min_area_for(int(arrays["mask_resolution"]), min_area)
@@ -535,11 +576,11 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
         unit_analysis.label_changes(arrays["metrics"], area))).sum(axis=1)
     strips += [int(unit_list[i]) for i in np.argsort(-strength)[:config.strip_top]
                if int(unit_list[i]) not in strips]
-  if strips:
+  if strips and jax.process_index() == 0:  # one process renders the few strip images
     save_strips(out_dir, models, params, r_samples, data["class_idx"][rows], strips, lo=lo,
                 hi=hi, steps=config.steps, sample_ids=rows,
                 rows=min(config.strip_rows, len(present) * config.samples_per_class),
                 chunk=config.chunk, mesh=mesh)
   return {"n_units": int(unit_list.size), "n_samples": int(rows.size), "steps": config.steps,
           "n_images": int(rows.size * unit_list.size * config.steps), "strip_units": strips,
-          "arrays": arrays}
+          "timing": timing, "arrays": arrays}

@@ -2,8 +2,9 @@
 
 import json
 import math
-import multiprocessing
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from linkjax import files, jobs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_run_record_resume_conflict_and_overwrite(tmp_path):
@@ -42,27 +45,31 @@ def test_foreign_directories_are_never_taken_over(tmp_path):
     jobs.RunDir(mine / "thesis.txt", "toy", {}).__enter__()
 
 
-def _hold_lock(path, started, release):
-  with jobs.RunDir(path, "toy", {"seed": 5}):
-    started.set()
-    release.wait(30)
+_HOLD = """
+import pathlib, sys, time
+from linkjax import jobs
+out, release = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+with jobs.RunDir(out, "toy", {"seed": 5}, processes=jobs.Processes()):
+  print("locked", flush=True)
+  deadline = time.time() + 60
+  while not release.exists() and time.time() < deadline:
+    time.sleep(0.05)
+"""
 
 
 def test_a_second_writer_is_refused_while_the_first_runs(tmp_path):
-  out = tmp_path / "run"
-  ctx = multiprocessing.get_context("fork")
-  started, release = ctx.Event(), ctx.Event()
-  first = ctx.Process(target=_hold_lock, args=(out, started, release))
-  first.start()
+  out, release = tmp_path / "run", tmp_path / "release"
+  first = subprocess.Popen([sys.executable, "-c", _HOLD, str(out), str(release)], cwd=ROOT,
+                           stdout=subprocess.PIPE, text=True)
   try:
-    assert started.wait(30)
+    assert first.stdout.readline().strip() == "locked"
     # Even with overwrite (the reported case: --seed=6 --overwrite while --seed=5 runs).
     with pytest.raises(jobs.JobError, match="in use by another running job"):
       jobs.RunDir(out, "toy", {"seed": 6}, overwrite=True).__enter__()
     assert json.loads((out / "run.json").read_text())["seed"] == 5
   finally:
-    release.set()
-    first.join(30)
+    release.touch()
+    first.wait(60)
   with jobs.RunDir(out, "toy", {"seed": 6}, overwrite=True):  # free again
     pass
 

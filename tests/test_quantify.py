@@ -85,6 +85,61 @@ def test_local_entropy_matches_skimage():
   np.testing.assert_allclose(ours3[0], sk_entropy(grey[0], disk(3)), atol=2e-5)
 
 
+@pytest.mark.parametrize("radius", [1, 2, 5, 8])
+def test_disk_counts_equal_a_zero_padded_correlation(radius):
+  from scipy.ndimage import correlate
+  rng = np.random.default_rng(radius)
+  x = rng.integers(0, 3, size=(2, 13, 29))  # non-square, odd sizes
+  ref = np.stack([correlate(a, disk(radius).astype(np.int64), mode="constant") for a in x])
+  padded = np.pad(x, ((0, 0), (radius, radius), (radius, radius)))
+  np.testing.assert_array_equal(q._disk_counts(padded, radius), ref)
+  ours = q._disk_counts(jnp.asarray(padded.astype(np.uint8)), radius)  # the uint8 path
+  assert ours.dtype == jnp.uint8
+  np.testing.assert_array_equal(np.asarray(ours), ref)
+  ones = np.ones((13, 29), np.int64)
+  np.testing.assert_array_equal(q._disk_pixel_counts(13, 29, radius),
+                                correlate(ones, disk(radius).astype(np.int64), mode="constant"))
+
+
+@pytest.mark.parametrize("radius", [1, 4, 8])
+def test_local_entropy_every_level_radii_and_batch_axes(radius):
+  rng = np.random.default_rng(10 + radius)
+  # every grey level 0..255 occurs (first and last level blocks), plus flat and noisy regions
+  grey = rng.permutation(np.repeat(np.arange(256), 4)).reshape(2, 1, 16, 32).astype(np.uint8)
+  grey[0, 0, :5, :9] = 255
+  grey[1, 0, 8:, 20:] = 0
+  ours = np.asarray(jax.jit(q.local_entropy, static_argnums=1)(
+      jnp.asarray(grey.astype(np.int32)), radius))
+  assert ours.shape == grey.shape and ours.dtype == np.float32
+  for b in range(2):
+    np.testing.assert_allclose(ours[b, 0], sk_entropy(grey[b, 0], disk(radius)), atol=2e-5)
+
+
+def _inertia_f64(mask):
+  rr, cc = np.nonzero(mask)
+  dr, dc = rr - rr.mean(), cc - cc.mean()
+  return (dc * dc).mean(), -(dr * dc).mean(), (dr * dr).mean()
+
+
+def test_inertia_matches_float64_moments_far_from_the_origin():
+  n = 128
+  yy, xx = np.mgrid[:n, :n]
+  masks = np.zeros((5, n, n), np.float32)
+  masks[0] = (np.abs(yy - xx) <= 0) & (yy > 100)  # one-pixel diagonal line in the far corner
+  masks[1, 120:122, 30:127] = 1  # thin horizontal bar at the bottom
+  masks[2] = _ellipse(110, 115, 12, 3, math.radians(20))
+  masks[3] = np.random.default_rng(3).random((n, n)) < 0.5  # the whole image, noisy
+  masks[4, 127, 127] = 1  # one pixel: zero moments
+  parts = q.PartMasks(image=jnp.zeros((n, n, 3), jnp.float32), masks=jnp.asarray(masks),
+                      area=jnp.asarray(masks.sum(axis=(1, 2))))
+  ours = np.stack([np.asarray(v) for v in jax.jit(q._inertia)(parts)], axis=1)  # [L, 3]
+  ref = np.array([_inertia_f64(m) for m in masks])
+  # float32 sums of exact integer terms, no cancellation: a few ulps of the trace
+  tol = 8 * np.finfo(np.float32).eps * (ref[:, 0] + ref[:, 2])[:, None]
+  assert np.all(np.abs(ours - ref) <= tol), np.abs(ours - ref) / np.maximum(tol, 1e-30)
+  assert np.all(ours[4] == 0)
+
+
 def test_part_metrics_match_skimage(data_and_metrics):
   images, masks, metrics = data_and_metrics
   assert metrics.shape == (2, 9, 5) and metrics.dtype == np.float32

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from linkjax.models import upsampled_conv
+
 # size -> (dilations, hidden channel widths); from the reference's FewShotCNN.
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "S": ((1, 2, 1, 2, 1), (128, 64, 64, 32)),
@@ -201,23 +203,35 @@ class FewShotSegmenter(nnx.Module):
     Returns:
       [B, H, W, n_labels] logits.
     """
-    n = len(self.layers)
-    for i, conv in enumerate(self.layers):
-      x = conv(x)
-      if i < n - 1:
-        x = jax.nn.leaky_relu(x, LEAKY_SLOPE)
+    return self._after_first(self.layers[0](x))
+
+  def _after_first(self, x: jax.Array) -> jax.Array:
+    # The head after its first convolution: LeakyReLU before every later convolution.
+    for conv in self.layers[1:]:
+      x = conv(jax.nn.leaky_relu(x, LEAKY_SLOPE))
     return x
 
   def __call__(self, feature_list: Sequence[jax.Array]) -> jax.Array:
     """Logits from a list of NCHW feature maps (in `config.feature_layers` order).
+
+    Equals `head(concat_features(feature_list, resolution, feature_margins))` up to float32
+    rounding, but the first convolution runs on each map at its own resolution
+    (`upsampled_conv.resized_concat_conv`): no resized copy of the maps and ~2.2x fewer
+    multiply-adds in it for the miniworld segmenter.
 
     Args:
       feature_list: list of [B, C_i, h_i, w_i].
     Returns:
       [B, resolution, resolution, n_labels] logits.
     """
-    return self.head(concat_features(feature_list, self.config.resolution,
-                                     self.config.feature_margins))
+    first = self.layers[0]
+    dilation = first.kernel_dilation  # (d, d) from the constructor
+    dilation = dilation[0] if isinstance(dilation, (tuple, list)) else dilation
+    x = upsampled_conv.resized_concat_conv(
+        feature_list, self.config.feature_margins, self.config.resolution, first.kernel[...],
+        first.bias[...], nearest_indices, dilation=int(dilation),
+        precision=first.precision)
+    return self._after_first(x)
 
 
 def segment_features(model: FewShotSegmenter, features: Mapping[str, jax.Array]) -> jax.Array:
