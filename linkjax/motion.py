@@ -55,7 +55,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from linkjax import jobs
 from linkjax import motion_affine as ma
 
 # The global-motion API, re-exported: one import for callers.
@@ -565,9 +567,83 @@ def estimate(images_o: jax.Array, images_p: jax.Array,
   if pixel_weight <= 0 and not maps_o:
     raise ValueError("pixel_weight 0 and no descriptor maps: nothing to match")
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
+  return _estimate_keyed(images_o, images_p, maps_o, maps_p, keys, config, float(pixel_weight))
+
+
+def _estimate_keyed(images_o, images_p, maps_o, maps_p, keys, config: MotionConfig,
+                    pixel_weight: float) -> MotionResult:
+  """`estimate` with one key per pair (keys [B])."""
   return jax.vmap(lambda io, ip, mo, mp, k: _estimate_one(io, ip, mo, mp, k, config,
-                                                          float(pixel_weight)))(
+                                                          pixel_weight))(
       images_o.astype(jnp.float32), images_p.astype(jnp.float32), maps_o, maps_p, keys)
+
+
+# --- many pairs of uint8 images ---------------------------------------------------------------
+
+def config_for_size(size: int, config: MotionConfig = MotionConfig(), min_level: int = 8,
+                    min_affine_level: int = 16) -> MotionConfig:
+  """`config` with its pyramid shortened so that it fits square images of side `size`.
+
+  Keeps every level whose side divides exactly and is at least `min_level` pixels (the
+  coarsest search at 64 x 64 runs on 8 x 8); the global fit reads a level of at least
+  `min_affine_level` pixels (16 x 16 at 64 x 64: on coarser grids a moving part smears into
+  its surroundings and passes for a global zoom).
+
+  Args:
+    size: image side (pixels).
+    config: the settings to adapt.
+    min_level: smallest side of the coarsest level.
+    min_affine_level: smallest side of the level the global fit reads.
+  Returns:
+    a `MotionConfig` (equal to `config` where it already fits).
+  """
+  levels = 1
+  while (levels < config.levels and size % 2 ** levels == 0
+         and size >> levels >= min_level):
+    levels += 1
+  affine_level = min(config.affine_level, levels - 1)
+  while affine_level > 0 and size >> affine_level < min_affine_level:
+    affine_level -= 1
+  return dataclasses.replace(config, levels=levels, affine_level=affine_level)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _estimate_u8(_, images_o: jax.Array, images_p: jax.Array, key_data: jax.Array, *,
+                 config: MotionConfig) -> MotionResult:
+  to01 = lambda u8: u8.astype(jnp.float32) / jnp.float32(255.0)
+  keys = jax.vmap(jax.random.wrap_key_data)(key_data)
+  return _estimate_keyed(to01(images_o), to01(images_p), (), (), keys, config, 1.0)
+
+
+def estimate_many(images_o: Any, images_p: Any, *, key: jax.Array,
+                  config: MotionConfig = MotionConfig(), batch: int = 8,
+                  mesh: jax.sharding.Mesh | None = None) -> MotionResult:
+  """`estimate` (pixel descriptors) on any number of uint8 pairs, in fixed-size batches.
+
+  One compilation per (config, batch, image size) serves every call, however many pairs it
+  brings (the sweep's strips, the counterfactual's boundaries and the demo's check share it).
+  Pair i uses fold_in(key, i), as in `estimate` on all pairs at once, so the results do not
+  depend on `batch`.
+
+  Args:
+    images_o, images_p: [N, H, W, 3] uint8 (numpy or jax).
+    key: PRNG key.
+    config: `MotionConfig` (see `config_for_size` for small images).
+    batch: pairs per compiled call (padded; rounded up to a multiple of the mesh size).
+    mesh: 1-D 'data' mesh (default: all local devices).
+  Returns:
+    `MotionResult` of numpy arrays with N rows.
+  """
+  images_o, images_p = np.asarray(images_o), np.asarray(images_p)
+  if images_o.dtype != np.uint8 or images_p.dtype != np.uint8:
+    raise ValueError(f"expected uint8 images, got {images_o.dtype} and {images_p.dtype}")
+  if images_o.shape != images_p.shape or images_o.ndim != 4:
+    raise ValueError(f"image shapes differ or are not [N, H, W, 3]: {images_o.shape} vs "
+                     f"{images_p.shape}")
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(images_o)))
+  out = jobs.map_batches(functools.partial(_estimate_u8, config=config), (), images_o,
+                         images_p, np.asarray(jax.random.key_data(keys)), batch=batch, mesh=mesh)
+  return MotionResult(*out)  # map_batches' tree.map keeps the fields; the type made explicit
 
 
 # --- summaries --------------------------------------------------------------------------------

@@ -282,3 +282,36 @@ def test_true_flow_moves_colours_onto_colours(param):
   assert flat.sum() > 500 and valid[m_o > 0].mean() > 0.85
   np.testing.assert_allclose(moved[flat], img_o[flat], atol=1e-5)
   assert np.abs(flow[valid & (m_o > 0)]).max() > 0.5  # something moved
+
+
+# --- batched use and the integrations ---------------------------------------------------------
+
+def test_config_for_size():
+  assert motion.config_for_size(64) == motion.MotionConfig()
+  c32 = motion.config_for_size(32)
+  assert (c32.levels, c32.affine_level) == (3, 1)
+  c16 = motion.config_for_size(16)
+  assert (c16.levels, c16.affine_level) == (2, 0)
+  assert motion.config_for_size(24).levels == 2  # 24 -> 12; 6 is below the 8 px floor
+
+
+def test_estimate_many_equals_estimate_and_ignores_the_batch():
+  # Shapes shared with the other tests (estimate on 4 pairs, estimate_many in batches of 4):
+  # compilations are the slow part on 2 cores.
+  io, ip = _texture_pairs(AFFINES, seed=4)
+  u8 = lambda x: np.round(x * 255).astype(np.uint8)
+  key = jax.random.key(7)
+  whole = motion.estimate(jnp.asarray(u8(io) / np.float32(255)),
+                          jnp.asarray(u8(ip) / np.float32(255)), key=key, config=CFG)
+  # Five rows in two batches of 4 (the second padded); row i uses fold_in(key, i), as in one
+  # call on all pairs, so rows 0-3 equal `estimate`'s; row 4 repeats pair 0 with another key.
+  many = motion.estimate_many(u8(io)[[0, 1, 2, 3, 0]], u8(ip)[[0, 1, 2, 3, 0]], key=key,
+                              config=CFG, batch=4)
+  assert isinstance(many, motion.MotionResult) and many.flow.shape == (5, S, S, 2)
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(many)):
+    # Two compilations (4 pairs at once vs sharded batches): float32 rounding only (the
+    # rotation in degrees carries ~1e-4).
+    np.testing.assert_allclose(np.asarray(a), b[:4], atol=1e-3)
+  np.testing.assert_allclose(many.affine[4], many.affine[0], atol=0.02)
+  with pytest.raises(ValueError, match="uint8"):
+    motion.estimate_many(io, ip, key=key, config=CFG)
