@@ -6,8 +6,9 @@ r"""Sweeps units of R through link -> generator -> classifier + segmenter (paper
 Writes DIR/sweep.npz (metrics [S, U, steps, L, M], probs [S, U, steps, C], pred, the unperturbed
 baseline, units, sample_idx, class_idx, classes, values, label_names), streaming shard files to
 DIR/shards/; rerunning the same command resumes. Image strips go to DIR/strips/ for the units in
---save_strips_for (and the --strip_top units with the largest label changes). For the
-reference's base samples (psi 0.7, seed 136, no correctness filter) make the pair directory with
+--save_strips_for (and the --strip_top units with the largest label changes); --motion adds
+their motion fields (Fig. 4C: DIR/motion.npz, DIR/motion.json, DIR/strips/motion_unit_UUUU.png).
+For the reference's base samples (psi 0.7, seed 136, no correctness filter) make the pair directory with
 `experiments.make_pairs --psi=0.7 --seed=136 --keep=all`. With --coordinator_address/
 --num_processes/--process_id (or --distributed_auto) the shards are split over the processes of
 a multi-host job (BUILD.md, "Many processes").
@@ -54,6 +55,16 @@ _STRIP_TOP = flags.DEFINE_integer("strip_top", _D.strip_top, "Also save strips o
                                   "units with the largest label changes.")
 _STRIP_ROWS = flags.DEFINE_integer("strip_rows", _D.strip_rows, "Samples (rows) per strip, "
                                    "round-robin over classes.")
+_MOTION = flags.DEFINE_bool("motion", _D.motion, "Motion fields of the strip units (paper "
+                            "Fig. 4C, linkjax.sweep_motion): flow from each strip sample's "
+                            "unperturbed image to its images at the ends of the unit's range; "
+                            "per-part mean/max displacement (pixels, segmenter masks) and the "
+                            "global affine (scale, rotation in degrees, translation in pixels) "
+                            "in OUT/motion.npz and OUT/motion.json, quiver strips in "
+                            "OUT/strips/motion_unit_UUUU.png. Needs --save_strips_for or "
+                            "--strip_top.")
+_MOTION_SEED = flags.DEFINE_integer("motion_seed", _D.motion_seed, "Seed of the motion's "
+                                    "RANSAC affine fits.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a sweep with other arguments in OUT.")
 _LOG_EVERY = flags.DEFINE_float("log_every_s", 30.0, "Seconds between progress lines.")
 cli.define_distributed_flags()
@@ -69,7 +80,7 @@ def main(argv):
       chunk=_CHUNK.value, shard_size=_SHARD_SIZE.value, range_from=_RANGE_FROM.value,
       classes=tuple(int(c) for c in _CLASSES.value) if _CLASSES.value else None,
       strip_units=tuple(int(u) for u in _STRIPS.value), strip_top=_STRIP_TOP.value,
-      strip_rows=_STRIP_ROWS.value)
+      strip_rows=_STRIP_ROWS.value, motion=_MOTION.value, motion_seed=_MOTION_SEED.value)
   if _TOY_WORLD.value:
     r_dim = pairs.load(_PAIRS.value)["r"].shape[1]
     models = testing.ToySweep(r_dim=r_dim)
@@ -85,6 +96,9 @@ def main(argv):
                   log_every_s=_LOG_EVERY.value)
   logging.info("metrics %s, probs %s; strips of units %s", res["arrays"]["metrics"].shape,
                res["arrays"]["probs"].shape, res["strip_units"])
+  if res["motion"] is not None:
+    logging.info("motion fields of units %s in %.1f s", res["motion"]["units"],
+                 res["motion"]["seconds"])
 
 
 if __name__ == "__main__":

@@ -197,12 +197,13 @@ def sweep_chunk(models: Any, params: Any, r_samples: jax.Array, values: jax.Arra
     unit: [B] int32 units to set (NO_UNIT: leave r unchanged).
     step: [B] int32 steps (columns of `values`).
     classes: class indices whose probabilities are returned.
-    return_images: also return the images.
+    return_images: also return the images and their masks.
     micro_batch: images per sequential step of the models (`batching.micro_batched`: on CPU
       the temporaries stay in cache); None: the whole chunk at once. Equal up to rounding.
   Returns:
     {'metrics': [B, n_labels - 1, M] float32 (`quantify.part_metrics`), 'probs': [B, len(classes)],
-     'pred': [B] int32 argmax over all classes, ('images': [B, H, W, 3] uint8)}.
+     'pred': [B] int32 argmax over all classes, ('images': [B, H, W, 3] uint8, 'masks':
+     [B, H, W] int32)}.
   """
   r = jnp.take(r_samples, sample, axis=0)
   value = values[jnp.maximum(unit, 0), step]
@@ -216,6 +217,7 @@ def sweep_chunk(models: Any, params: Any, r_samples: jax.Array, values: jax.Arra
          "pred": jnp.argmax(probs, axis=-1).astype(jnp.int32)}
   if return_images:
     res["images"] = images
+    res["masks"] = out["masks"].astype(jnp.int32)
   return res
 
 
@@ -512,6 +514,9 @@ class SweepConfig:
     strip_units: units whose image strips are saved.
     strip_top: additionally, strips of this many units with the largest label changes.
     strip_rows: samples per strip.
+    motion: also the motion fields of the strip units (`linkjax.sweep_motion`: per-part
+      displacement summaries in motion.npz / motion.json, quiver strips).
+    motion_seed: seed of the motion's affine fits.
   """
   units: str = "all"
   samples_per_class: int = 100
@@ -523,6 +528,8 @@ class SweepConfig:
   strip_units: tuple[int, ...] = ()
   strip_top: int = 0
   strip_rows: int = 8
+  motion: bool = False
+  motion_seed: int = 0
 
   def __post_init__(self):
     if self.range_from not in RANGE_FROM:
@@ -532,6 +539,8 @@ class SweepConfig:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.steps < 2:
       raise ValueError(f"steps must be >= 2, got {self.steps}")
+    if self.motion and not (self.strip_units or self.strip_top):
+      raise ValueError("motion is computed for the strip units: give strip_units or strip_top")
 
 
 def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: Any,
@@ -550,7 +559,8 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
     mesh, overwrite, log_every_s: as `run_sweep`.
   Returns:
     {'n_units', 'n_samples', 'steps', 'n_images', 'strip_units', 'timing' (of `run_sweep`;
-     empty for a finished sweep), 'arrays': sweep.npz arrays}.
+     empty for a finished sweep), 'arrays': sweep.npz arrays, 'motion': `sweep_motion.run`'s
+     summary (None without config.motion)}.
   """
   data = pairs.load(pairs_dir)
   present = [int(c) for c in (config.classes if config.classes is not None
@@ -581,6 +591,17 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
                 hi=hi, steps=config.steps, sample_ids=rows,
                 rows=min(config.strip_rows, len(present) * config.samples_per_class),
                 chunk=config.chunk, mesh=mesh)
+  motion_summary = None
+  if config.motion and strips and jax.process_index() == 0:
+    from linkjax import sweep_motion  # it builds on this module
+
+    t0 = time.perf_counter()
+    motion_summary = sweep_motion.run(
+        out_dir, models, params, r_samples, data["class_idx"][rows], strips, lo=lo, hi=hi,
+        steps=config.steps, key=jax.random.key(config.motion_seed), sample_ids=rows,
+        rows=min(config.strip_rows, len(present) * config.samples_per_class),
+        chunk=config.chunk, mesh=mesh)
+    motion_summary["seconds"] = time.perf_counter() - t0
   return {"n_units": int(unit_list.size), "n_samples": int(rows.size), "steps": config.steps,
           "n_images": int(rows.size * unit_list.size * config.steps), "strip_units": strips,
-          "timing": timing, "arrays": arrays}
+          "timing": timing, "arrays": arrays, "motion": motion_summary}

@@ -315,3 +315,85 @@ def test_estimate_many_equals_estimate_and_ignores_the_batch():
   np.testing.assert_allclose(many.affine[4], many.affine[0], atol=0.02)
   with pytest.raises(ValueError, match="uint8"):
     motion.estimate_many(io, ip, key=key, config=CFG)
+
+
+def _blob_world(shift_px: int = 4, size: int = 64):
+  """Sweep models whose unit 0 moves a textured box (label 1) right by round(shift_px * r[0])
+  pixels over a fixed textured background (label 0) and floor band (label 2); other units
+  change only the probabilities."""
+  from linkjax import testing
+
+  rng = np.random.default_rng(3)
+  smooth = lambda a: ndimage.gaussian_filter(a, (1.2, 1.2, 0))  # noqa: E731
+  tex = lambda a, lo: lo + 0.4 * (a - a.min()) / (a.max() - a.min())  # noqa: E731
+  # Textured everywhere (flat regions have no motion to find); the box brighter than its
+  # surroundings: a part with an outline.
+  bg = tex(smooth(rng.random((size, size, 3))), 0.0).astype(np.float32)
+  box = tex(smooth(rng.random((size, 2 * size, 3))), 0.6).astype(np.float32)
+  yy, xx = np.mgrid[:size, :size]
+
+  def apply(params, r):
+    s = jnp.round(jnp.float32(shift_px) * r[:, 0]).astype(jnp.int32)[:, None, None]  # [B, 1, 1]
+    x = jnp.asarray(xx)[None] - s  # the box's own coordinates
+    y = jnp.broadcast_to(jnp.asarray(yy)[None], x.shape)
+    inside = (x >= 22) & (x < 38) & (y >= 20) & (y < 36)
+    img = jnp.where(inside[..., None], jnp.asarray(box)[y, x + size // 2], jnp.asarray(bg)[None])
+    floor = (y >= size - 8) & ~inside
+    masks = jnp.where(inside, 1, jnp.where(floor, 2, 0)).astype(jnp.int32)
+    u8 = jnp.round(jnp.clip(img, 0, 1) * 255).astype(jnp.uint8)
+    return {"probs": jax.nn.softmax(r[:, :3] @ params["c"], axis=-1), "masks": masks,
+            "images": u8}
+
+  return testing.FnSweep(apply=apply, n_labels=3, mask_resolution=size,
+                         label_names=("background", "box", "floor"))
+
+
+def test_sweep_motion_follows_the_unit_that_moves_a_part(tmp_path):
+  from linkjax import sweep_motion
+
+  models = _blob_world()
+  params = {"c": jnp.eye(3, dtype=jnp.float32)}
+  r = np.array([[0.25, 0.5, 0.1], [0.75, 0.1, 0.9], [0.5, 0.3, 0.3]], np.float32)  # whole px
+  lo, hi = np.array([0.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
+  key = jax.random.key(0)
+  summary = sweep_motion.run(tmp_path, models, params, r, np.arange(3, dtype=np.int32), [0, 1],
+                             lo=lo, hi=hi, steps=3, key=key, rows=3)
+  assert (tmp_path / "strips" / "motion_unit_0000.png").stat().st_size > 1000
+  per = files_read(tmp_path / "strips" / "motion_unit_0000.npz")
+  f = {n: i for i, n in enumerate(motion.SUMMARY_FIELDS)}
+  # Unit 0: the box moves by 4 (v - r0) px along x (1 to 3 px either way); the background
+  # stays, and so does the global affine.
+  for e, v in enumerate((0.0, 1.0)):
+    want = 4.0 * (v - r[:, 0])
+    np.testing.assert_allclose(per["total"][:, e, 1, f["mean_dx"]], want, atol=0.3)
+    np.testing.assert_allclose(per["local"][:, e, 1, f["mean_dx"]], want, atol=0.3)
+    np.testing.assert_allclose(per["total"][:, e, 1, f["mean_dy"]], 0.0, atol=0.3)
+    assert (per["total"][:, e, 0, f["mean_norm"]] < 0.35).all()  # background
+    np.testing.assert_allclose(per["affine_params"][:, e, :2], 1.0, atol=0.02)
+  # Unit 1 changes nothing in the image: no motion anywhere.
+  still = files_read(tmp_path / "strips" / "motion_unit_0001.npz")
+  assert np.abs(still["total_flow"]).max() < 0.05
+  # motion.npz / motion.json: the per-sample summaries aggregated as documented (hand computed).
+  agg = files_read(tmp_path / "motion.npz")
+  np.testing.assert_array_equal(agg["units"], [0, 1])
+  np.testing.assert_allclose(agg["values"], [[0.0, 1.0], [0.0, 1.0]])
+  hand = motion.part_summary(jnp.asarray(per["total_flow"][:, 1]),
+                             jnp.asarray(per["confidence"][:, 1]), jnp.asarray(per["masks"]), 3)
+  hand = np.asarray(hand)
+  np.testing.assert_allclose(agg["total"][0, 1, :, f["mean_norm"]],
+                             hand[:, :, f["mean_norm"]].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(agg["total"][0, 1, :, f["max_norm"]],
+                             hand[:, :, f["max_norm"]].max(0), rtol=1e-5)
+  box = summary["per_unit"]["0"]["high"]["total"]["box"]
+  assert box["mean_dx"] == pytest.approx(float(agg["total"][0, 1, 1, f["mean_dx"]]))
+  assert box["mean_norm"] > 5 * summary["per_unit"]["1"]["high"]["total"]["box"]["mean_norm"]
+  # A rerun reads the finished units back.
+  mtime = (tmp_path / "strips" / "motion_unit_0000.npz").stat().st_mtime_ns
+  sweep_motion.run(tmp_path, models, params, r, np.arange(3, dtype=np.int32), [0, 1], lo=lo,
+                   hi=hi, steps=3, key=key, rows=3)
+  assert (tmp_path / "strips" / "motion_unit_0000.npz").stat().st_mtime_ns == mtime
+
+
+def files_read(path):
+  from linkjax import files
+  return files.read_npz(path)
