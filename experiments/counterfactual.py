@@ -4,7 +4,8 @@ Picks the first --n_samples pairs of class --orig_class from a pair directory, s
 one compiled function) for shifts of r that make the classifier see --target_class in the
 generated image, and writes per pair: frames along the path (target-probability inset, frame
 colour = predicted class), the probability curve, metric trajectories with the decision
-boundary, Grad-CAM panels and a CSV; plus summary.json. All logic lives in
+boundary, Grad-CAM panels, the motion field across the decision boundary and a CSV; plus
+summary.json. All logic lives in
 linkjax.counterfactual.
 
 Example:
@@ -70,6 +71,10 @@ flags.DEFINE_integer("n_frames", _D.n_frames, "Frames rendered along each path (
                      "around the decision boundary).")
 flags.DEFINE_integer("max_points", _D.max_points, "Path points analysed per pair before the "
                      "boundary is refined to the exact step.")
+flags.DEFINE_bool("motion", _D.motion, "Draw the motion field (linkjax.motion: global affine "
+                  "and local flow) between the frames just before and just after the decision "
+                  "boundary, and from the original image to the first flipped frame "
+                  "(pair{i}_flow.png); sizes in pixels in summary.json.")
 flags.DEFINE_bool("lpips", _D.lpips, "Compute the LPIPS perceptual distance along the path "
                   "(needs images of at least 32 px).")
 
@@ -80,7 +85,7 @@ def main(argv):
   cfg = cf.ExperimentConfig(
       orig_class=FLAGS.orig_class, target_class=FLAGS.target_class, n_samples=FLAGS.n_samples,
       seed=FLAGS.seed, n_frames=FLAGS.n_frames, max_points=FLAGS.max_points, lpips=FLAGS.lpips,
-      init_scale=FLAGS.init_scale, search=cf.SearchConfig(
+      init_scale=FLAGS.init_scale, motion=FLAGS.motion, search=cf.SearchConfig(
           lambda_orig=FLAGS.lambda_orig, lambda_cos=FLAGS.lambda_cos, optimizer=FLAGS.optimizer,
           learning_rate=FLAGS.lr, max_steps=FLAGS.max_steps, check_every=FLAGS.check_every,
           check_mode=FLAGS.check_mode, screen_head=FLAGS.screen_head,

@@ -439,6 +439,12 @@ def test_end_to_end_tiny_models(fixtures_dir, tmp_path):
   for i in range(2):
     for name in ("frames", "probability", "metrics", "gradcam"):
       assert (out / f"pair{i}_{name}.png").stat().st_size > 1000
+    # The motion across the boundary: drawn and measured exactly for the paths that cross it.
+    moved = summary["pairs"][i]["boundary_motion"]
+    assert (out / f"pair{i}_flow.png").exists() == (moved is not None)
+    if moved is not None:
+      assert set(moved) == {"before_to_flipped", "original_to_flipped"}
+      assert all(np.isfinite(v["mean_local_px"]) for v in moved.values())
     with open(out / f"pair{i}.csv") as f:
       rows = list(csv.DictReader(f))
     steps = [int(r["step"]) for r in rows]

@@ -397,3 +397,40 @@ def test_sweep_motion_follows_the_unit_that_moves_a_part(tmp_path):
 def files_read(path):
   from linkjax import files
   return files.read_npz(path)
+
+
+def test_counterfactual_boundary_motion(tmp_path):
+  from linkjax.counterfactual import experiment as cf_experiment
+  from linkjax.counterfactual import figures as cf_figures
+  from linkjax.counterfactual import path as cf_path
+
+  affs = np.stack([_affine(tx=2.0, ty=-1.0), _affine(tx=-1.5, ty=2.5)]).astype(np.float32)
+  io, ip = _texture_pairs(affs, seed=5)
+  u8 = lambda x: np.round(x * 255).astype(np.uint8)
+  io, ip = u8(io), u8(ip)
+
+  def analysis(k, boundary):
+    n = 4
+    pred = np.where(np.arange(n) >= max(boundary, 0), 1, 0) if boundary >= 0 else np.zeros(n)
+    frames = np.arange(n)
+    imgs = np.stack([io[k] if (boundary < 0 or i < boundary) else ip[k] for i in frames])
+    return cf_path.PairAnalysis(steps=np.arange(n) * 3, pred=pred, probs=np.zeros((n, 2)),
+                                boundary=boundary, frames=frames, frame_images=imgs,
+                                ref_image=io[k], ref_pred=0, distances={}, part_metrics=None)
+
+  analyses = [analysis(0, 2), analysis(1, 0), analysis(0, -1)]
+  out = cf_path.boundary_motion(analyses, key=jax.random.key(0), config=CFG, batch=4)
+  assert out[2] is None
+  for m, a, shift in ((out[0], analyses[0], [2.0, -1.0]), (out[1], analyses[1], [-1.5, 2.5])):
+    np.testing.assert_array_equal(m["after"], ip[0 if a is analyses[0] else 1])
+    np.testing.assert_array_equal(m["before"], m["original"])  # before = original image here
+    inner = m["total_flow"][:, MARGIN:-MARGIN, MARGIN:-MARGIN]
+    np.testing.assert_allclose(np.median(inner, axis=(1, 2)), [shift, shift], atol=0.15)
+    nums = cf_experiment._motion_numbers(m)
+    for name in ("before_to_flipped", "original_to_flipped"):
+      assert nums[name]["affine"]["tx"] == pytest.approx(shift[0], abs=0.15)
+      assert nums[name]["affine"]["ty"] == pytest.approx(shift[1], abs=0.15)
+      assert nums[name]["mean_local_px"] < 0.3  # a pure shift: the affine explains it all
+  cf_figures.plot_boundary_flow(tmp_path / "flow.png", analyses[0], out[0], 0, 1)
+  assert (tmp_path / "flow.png").stat().st_size > 1000
+  assert cf_experiment._motion_numbers(None) is None

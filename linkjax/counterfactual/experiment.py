@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from linkjax import bundle as bundle_lib
-from linkjax import files, pairs, perceptual
+from linkjax import files, motion, pairs, perceptual
 from linkjax.counterfactual import figures as cf_figures
 from linkjax.counterfactual import path as cf_path
 from linkjax.counterfactual import descent
@@ -35,6 +35,8 @@ class ExperimentConfig:
     lpips: compute LPIPS along the path (images of at least 32 px).
     init_scale: initial shift ~ init_scale * U[0, 1) (the reference: 1.0).
     search: the search's hyper-parameters.
+    motion: draw the motion fields around each path's decision boundary
+      (pair{i}_flow.png; `path.boundary_motion`) and add their sizes to the summary.
   """
   orig_class: int = 254
   target_class: int = 151
@@ -45,6 +47,7 @@ class ExperimentConfig:
   lpips: bool = True
   init_scale: float = 1.0
   search: descent.SearchConfig = descent.SearchConfig()
+  motion: bool = True
 
   def __post_init__(self):
     if self.orig_class == self.target_class:
@@ -59,7 +62,8 @@ def run_experiment(pairs_dir: str | pathlib.Path, models: bundle_lib.ModelBundle
                    out_dir: str | pathlib.Path, cfg: ExperimentConfig) -> dict[str, Any]:
   """Searches from the first `n_samples` pairs of `orig_class` towards `target_class`,
   analyses every path and writes pair{i}_frames.png, pair{i}_probability.png,
-  pair{i}_metrics.png, pair{i}_gradcam.png, pair{i}.csv and summary.json to `out_dir`.
+  pair{i}_metrics.png, pair{i}_gradcam.png, pair{i}_flow.png (with `cfg.motion`, for paths
+  that cross the boundary), pair{i}.csv and summary.json to `out_dir`.
 
   Args:
     pairs_dir: pair directory (r and class_idx are used).
@@ -105,10 +109,16 @@ def run_experiment(pairs_dir: str | pathlib.Path, models: bundle_lib.ModelBundle
   cam_to = jax.device_get(bundle_lib.grad_cam(models, params, w_cf, orig))
 
   o, t = cfg.orig_class, cfg.target_class
+  analyses = [cf_path.analyse_pair(models, params, np.asarray(r[i]),
+                                   path[:int(res.steps[i]) + 1, i], n_frames=cfg.n_frames,
+                                   max_points=cfg.max_points, lpips_fn=lpips_fn)
+              for i in range(n)]
+  t0 = time.perf_counter()
+  flows = (cf_path.boundary_motion(analyses, key=jax.random.fold_in(jax.random.key(cfg.seed), 1))
+           if cfg.motion else [None] * n)
+  t_motion = time.perf_counter() - t0
   pairs_out = []
-  for i in range(n):
-    a = cf_path.analyse_pair(models, params, np.asarray(r[i]), path[:int(res.steps[i]) + 1, i],
-                             n_frames=cfg.n_frames, max_points=cfg.max_points, lpips_fn=lpips_fn)
+  for i, a in enumerate(analyses):
     cf_figures.plot_frames(out / f"pair{i}_frames.png", a, o, t)
     cf_figures.plot_probability(out / f"pair{i}_probability.png", a, o, t)
     cf_figures.plot_metrics(out / f"pair{i}_metrics.png", a, label_names)
@@ -118,12 +128,15 @@ def run_experiment(pairs_dir: str | pathlib.Path, models: bundle_lib.ModelBundle
                              [f"original, class {o}", f"counterfactual, class {t}",
                               f"counterfactual, class {o}"])
     cf_figures.write_pair_csv(out / f"pair{i}.csv", a, o, t, label_names)
+    if flows[i] is not None:
+      cf_figures.plot_boundary_flow(out / f"pair{i}_flow.png", a, flows[i], o, t)
     pairs_out.append({
         "pair_row": int(rows[i]), "success": bool(res.success[i]), "steps": int(res.steps[i]),
         "pred": int(res.pred[i]), "prob_orig": float(res.prob_orig[i]),
         "prob_target": float(res.prob_target[i]), "delta_norm": float(res.delta_norm[i]),
         "boundary_step": int(a.steps[a.boundary]) if a.boundary > 0 else None,
-        "class_at_step0": int(a.pred[0]), "class_of_original": a.ref_pred})
+        "class_at_step0": int(a.pred[0]), "class_of_original": a.ref_pred,
+        "boundary_motion": _motion_numbers(flows[i])})
   steps = [p["steps"] for p in pairs_out if p["success"]]
   summary = {
       "orig_class": o, "target_class": t, "n_pairs": n,
@@ -136,6 +149,24 @@ def run_experiment(pairs_dir: str | pathlib.Path, models: bundle_lib.ModelBundle
       "median_steps_successful": float(np.median(steps)) if steps else None,
       "mean_steps_successful": float(np.mean(steps)) if steps else None,
       "mean_delta_norm": float(np.mean([p["delta_norm"] for p in pairs_out])),
+      "motion_seconds": t_motion,
       "pairs": pairs_out}
   files.write_json(out / "summary.json", summary)
   return summary
+
+
+def _motion_numbers(m: dict[str, np.ndarray] | None) -> dict[str, Any] | None:
+  """Sizes of `path.boundary_motion`'s fields: confidence-weighted mean and the maximum
+  (confidence >= 0.25) of |local flow| in pixels, and the affine, per pair of images."""
+  if m is None:
+    return None
+  out = {}
+  for j, name in enumerate(("before_to_flipped", "original_to_flipped")):
+    norm = np.linalg.norm(m["flow"][j], axis=-1)
+    conf = m["confidence"][j]
+    sure = conf >= 0.25
+    out[name] = {"mean_local_px": float((norm * conf).sum() / max(conf.sum(), 1e-9)),
+                 "max_local_px": float(norm[sure].max()) if sure.any() else 0.0,
+                 "affine": dict(zip(motion.AFFINE_PARAM_NAMES,
+                                    m["affine_params"][j].tolist()))}
+  return out

@@ -111,3 +111,35 @@ def write_pair_csv(path: pathlib.Path, a: PairAnalysis, orig: int, target: int,
       row += [float(x) for x in a.part_metrics[t].reshape(-1)]
     rows.append(row)
   files.write_csv(path, header, rows)
+
+
+def plot_boundary_flow(path: pathlib.Path, a: PairAnalysis, m: dict[str, np.ndarray],
+                       orig: int, target: int) -> None:
+  """The frames around the decision boundary and the motion between them
+  (`path.boundary_motion`): before, first flipped frame, local flow before -> flipped (on the
+  frame before), local flow original -> flipped (on the original); titles give the global affine."""
+  from linkjax import motion, motion_figures  # matplotlib quiver helpers
+
+  b = a.boundary
+  size = m["after"].shape[0]
+  step = max(2, size // 16)
+  fig, axes = figures.subplots(1, 4, figsize=(8.4, 2.5))
+  names = motion.AFFINE_PARAM_NAMES
+  for ax, img, title in ((axes[0], m["before"], "original f(r)" if b == 0 else
+                          f"step {int(a.steps[b - 1])}: before"),
+                         (axes[1], m["after"], f"step {int(a.steps[b])}: first flipped")):
+    ax.imshow(img)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+  for j, (ax, img, what) in enumerate(((axes[2], m["before"], "before -> flipped"),
+                                       (axes[3], m["original"], "original -> flipped"))):
+    p = dict(zip(names, m["affine_params"][j].tolist()))
+    motion_figures.plot_flow(ax, img, m["flow"][j], m["confidence"][j], step=step, margin=step,
+                             min_percentile=0.0, min_norm=0.1)
+    ax.set_title(f"{what}\ns {0.5 * (p['scale_x'] + p['scale_y']):.2f} rot "
+                 f"{p['rotation_deg']:.1f}° t ({p['tx']:.1f}, {p['ty']:.1f})", fontsize=7)
+  fig.suptitle(f"{orig} -> {target}: motion across the decision boundary (local flow after the "
+               "global affine; arrow colour = direction, brightness = length)", fontsize=8)
+  fig.tight_layout()
+  figures.save(fig, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from linkjax import bundle as bundle_lib
-from linkjax import jobs, quantify
+from linkjax import jobs, motion, quantify
 
 
 def decision_boundary(pred: np.ndarray, start_class: int | None = None) -> int:
@@ -187,3 +188,50 @@ def analyse_pair(models: bundle_lib.ModelBundle, params: Any, r: np.ndarray, r_p
 def _metrics_u8(images_uint8: jax.Array, masks: jax.Array, *, n_labels: int) -> jax.Array:
   return quantify.part_metrics(images_uint8.astype(jnp.float32) / jnp.float32(255.0), masks,
                                n_labels=n_labels)
+
+
+def boundary_motion(analyses: Sequence[PairAnalysis], *, key: jax.Array,
+                    config: motion.MotionConfig | None = None, batch: int = 8
+                    ) -> list[dict[str, np.ndarray] | None]:
+  """Motion fields around each path's decision boundary.
+
+  Two pairs per path with a boundary b: the frame just before it (step b - 1; the original
+  image f(r) when b = 0) to the first flipped frame (b), and the original image to the first
+  flipped frame. All paths go through `motion.estimate_many` at once.
+
+  Args:
+    analyses: `analyse_pair` results.
+    key: PRNG key of the affine fits.
+    config: motion settings; None: `motion.config_for_size` of the defaults.
+    batch: pairs per compiled call.
+  Returns:
+    per path, None without a boundary, else {'before', 'after', 'original' [H, W, 3] uint8,
+    'flow', 'total_flow' [2, H, W, 2], 'confidence' [2, H, W], 'affine_params' [2, 6]} (first
+    index: 0 = before -> after, 1 = original -> after).
+  """
+  imgs = []
+  for a in analyses:
+    if a.boundary < 0:
+      continue
+    frames = [int(i) for i in a.frames]
+    after = a.frame_images[frames.index(a.boundary)]
+    before = a.ref_image if a.boundary == 0 else a.frame_images[frames.index(a.boundary - 1)]
+    imgs.append((before, after, a.ref_image))
+  out: list[dict[str, np.ndarray] | None] = [None] * len(analyses)
+  if not imgs:
+    return out
+  before, after, ref = (np.stack(x) for x in zip(*imgs))
+  config = config or motion.config_for_size(after.shape[1])
+  res = motion.estimate_many(np.concatenate([before, ref]), np.concatenate([after, after]),
+                             key=key, config=config, batch=batch)
+  n = len(imgs)
+  two = lambda x, j: np.stack([x[j], x[n + j]])  # noqa: E731
+  j = 0
+  for i, a in enumerate(analyses):
+    if a.boundary < 0:
+      continue
+    out[i] = {"before": before[j], "after": after[j], "original": ref[j],
+              "flow": two(res.flow, j), "total_flow": two(res.total_flow, j),
+              "confidence": two(res.confidence, j), "affine_params": two(res.affine_params, j)}
+    j += 1
+  return out
