@@ -434,3 +434,43 @@ def test_counterfactual_boundary_motion(tmp_path):
   cf_figures.plot_boundary_flow(tmp_path / "flow.png", analyses[0], out[0], 0, 1)
   assert (tmp_path / "flow.png").stat().st_size > 1000
   assert cf_experiment._motion_numbers(None) is None
+
+
+def test_demo_motion_stage_numbers_summary_and_report(tmp_path):
+  import types
+
+  from linkjax import demo
+  from linkjax.demo import report, stages
+  from linkjax.miniworld import motion_check as mc
+
+  cfg = demo.tiny_config(motion={"cases": ("head_r", "leg_len"), "pairs": 3})
+  log: list[str] = []
+  ctx = types.SimpleNamespace(cfg=cfg, log=log.append, out=tmp_path, classes=(0,),
+                              class_names=("a",), paths={})
+  (tmp_path / "motion").mkdir()
+  out = stages.motion_check(ctx, tmp_path / "motion")
+  assert (tmp_path / "motion" / "motion_check.png").stat().st_size > 1000
+  # The pooled numbers are those of the cases' pairs together: recomputed here from the truth
+  # and the same estimate (pair i of the pool uses fold_in(key, i)).
+  cases = [mc.make_case(c, 3, cfg.seed) for c in ("head_r", "leg_len")]
+  data = {k: np.concatenate([c[k] for c in cases]) for k in cases[0]}
+  u8 = lambda x: np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+  est = motion.estimate_many(u8(data["images_o"]), u8(data["images_p"]),
+                             key=jax.random.fold_in(jax.random.key(cfg.seed), 17))
+  err = np.linalg.norm(est.total_flow - data["flow"], axis=-1)
+  on = data["valid"] & (data["masks_o"] > 0)
+  assert out["ours"]["animal"] == pytest.approx(float(err[on].mean()), rel=1e-5)
+  leg = data["valid"] & (data["masks_o"] == world.PART_NAMES.index("leg"))
+  assert out["ours"]["leg"] == pytest.approx(float(err[leg].mean()), rel=1e-5)
+  # Quality on the built-in world's renders (sub-pixel on the animal, the part motion tracked).
+  assert out["ours"]["animal"] < 1.0 and out["ours"]["r"] > 0.8, out["ours"]
+  results = {"motion": {**out, "_timing": {"wall_s": 1.0, "cpu_s": 1.0}}}
+  summary = report.build_summary(ctx, results)
+  s = summary["motion"]
+  assert s["ours"]["epe_animal"] == pytest.approx(out["ours"]["animal"])
+  assert s["ours"]["epe_per_part"]["leg"] == pytest.approx(out["ours"]["leg"])
+  assert set(s["ours"]["epe_per_part"]) == set(world.PART_NAMES[1:])
+  assert ("tvl1" in s) == mc.skimage_available()
+  figs = report.figure_list(ctx, results)
+  assert [f[1] for f in figs] == ["motion/motion_check.png"]
+  assert f"{out['ours']['animal']:.2f} px" in figs[0][2]

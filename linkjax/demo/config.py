@@ -12,6 +12,7 @@ from typing import Any
 
 from linkjax import cycle, link, similarity, sweep, unit_report
 from linkjax.counterfactual import descent
+from linkjax.miniworld import motion_check
 
 WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "miniworld" / "weights"
 BUILTIN = {"generator": WEIGHTS / "generator", "classifier": WEIGHTS / "classifier",
@@ -98,6 +99,28 @@ class CounterfactualStage:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class MotionStage:
+  """The motion fields' ground-truth check (`linkjax.miniworld.motion_check`, miniworlds only).
+
+  Attributes:
+    cases: pair cases (`motion_check.CASES`): known part changes, with and without a global
+      image affine.
+    pairs: pairs per case.
+    baseline: also run scikit-image's TV-L1 on the same pairs (skipped when scikit-image, a
+      development dependency, is missing).
+  """
+  cases: tuple[str, ...] = ("leg_len", "head_r", "combined")
+  pairs: int = 8
+  baseline: bool = True
+
+  def __post_init__(self):
+    bad = [c for c in self.cases if c not in motion_check.CASES]
+    if bad or not self.cases or self.pairs < 1:
+      raise ValueError(f"motion: cases must be among {list(motion_check.CASES)} (got "
+                       f"{list(self.cases)}) and pairs >= 1 (got {self.pairs})")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoConfig:
   """Settings of a demo run (flags of experiments/demo.py).
 
@@ -113,6 +136,7 @@ class DemoConfig:
     world_stage, pairs, link, similarity, cycle, sweep, units, counterfactual: the stages'
       settings (the library's configs).
     relevance_threshold: mean probability drop above which a unit is class-relevant.
+    motion: the motion fields' ground-truth check (miniworlds only).
     check_quality: raise `QualityError` when a miniworld's quality number misses its threshold.
     thresholds: the quality thresholds.
   """
@@ -131,10 +155,11 @@ class DemoConfig:
                                                                        n_per_class=50)
   cycle: cycle.CycleConfig = cycle.CycleConfig(n=100, n_show=6)
   sweep: sweep.SweepConfig = sweep.SweepConfig(samples_per_class=2, steps=2, strip_top=4,
-                                               strip_rows=5)
+                                               strip_rows=5, motion=True)
   units: unit_report.UnitsConfig = unit_report.UnitsConfig()
   relevance_threshold: float = 0.15
   counterfactual: CounterfactualStage = CounterfactualStage()
+  motion: MotionStage = MotionStage()
   check_quality: bool = False
   thresholds: Thresholds = Thresholds()
 

@@ -67,8 +67,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike, *, overwrite: bool = F
     t0, c0 = time.time(), _cpu_seconds()
     results: dict[str, dict[str, Any]] = {}
     for name in STAGES:
-      if name == "world" and not cfg.miniworld:
-        log("[world] skipped: external checkpoints have no renderer ground truth")
+      if name in stages.WORLD_STAGES and not cfg.miniworld:
+        log(f"[{name}] skipped: external checkpoints have no renderer ground truth")
         continue
       results[name] = _stage(ctx, name)
     summary = report.build_summary(ctx, results)

@@ -17,12 +17,13 @@ import jax
 import numpy as np
 
 from linkjax import bundle as bundle_lib
-from linkjax import (cycle, figures, files, link, masks, pairs, quantify, similarity,
+from linkjax import (cycle, figures, files, link, masks, motion, pairs, quantify, similarity,
                      sweep, unit_report)
 from linkjax import counterfactual as cf
 from linkjax import miniworld
 from linkjax.demo.config import DemoConfig
 from linkjax.miniworld import groundtruth, train_classifier, train_segmenter
+from linkjax.miniworld import motion_check as mc
 from linkjax.unit_analysis import min_area_for
 
 
@@ -249,15 +250,57 @@ def counterfactual(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
          "median_steps_successful": summary["median_steps_successful"],
          "mean_steps_successful": summary["mean_steps_successful"],
          "max_steps": c.max_steps, "search_seconds": summary["search_seconds"],
-         "mean_delta_norm": summary["mean_delta_norm"]}
+         "mean_delta_norm": summary["mean_delta_norm"],
+         "motion_seconds": summary["motion_seconds"]}
   ctx.log(f"[counterfactual] {orig} -> {target}: success {out['success_rate']:.2f}, "
           f"median steps {out['median_steps_successful']}")
   return out
 
 
-# Stage name -> function, in run order. 'world' runs only for miniworld models.
+def motion_check(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
+  """Motion fields against the renderer's true motion (a small `benchmarks/motion_validation`):
+  pairs with known part changes, `motion.estimate_many` and scikit-image's TV-L1 (if installed)
+  on the same pairs; EPE per part, part-motion correlation, affine error, one quiver figure."""
+  m = ctx.cfg.motion
+  key = jax.random.fold_in(jax.random.key(ctx.cfg.seed), 17)
+  cases = {c: mc.make_case(c, m.pairs, ctx.cfg.seed) for c in m.cases}
+  pooled = {k: np.concatenate([v[k] for v in cases.values()]) for k in next(iter(
+      cases.values()))}
+  u8 = lambda x: np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+  t0 = time.perf_counter()
+  res = motion.estimate_many(u8(pooled["images_o"]), u8(pooled["images_p"]), key=key)
+  ours_s = time.perf_counter() - t0
+  ests = {"ours": {"total_flow": res.total_flow, "affine": res.affine, "flow": res.flow,
+                   "confidence": res.confidence}}
+  seconds = {"ours": ours_s}
+  if m.baseline and mc.skimage_available():
+    t0 = time.perf_counter()
+    ests["tvl1"] = mc.run_skimage("tvl1", pooled["images_o"], pooled["images_p"], ctx.cfg.seed)
+    seconds["tvl1"] = time.perf_counter() - t0
+  elif m.baseline:
+    ctx.log("[motion] scikit-image not installed: no TV-L1 baseline")
+  bounds = np.cumsum([0] + [m.pairs] * len(cases))
+  part = lambda d_, i: {k: v[bounds[i]:bounds[i + 1]] for k, v in d_.items()}  # noqa: E731
+  out: dict[str, Any] = {"cases": list(m.cases), "pairs_per_case": m.pairs, "seconds": seconds,
+                         "methods": list(ests)}
+  for name, est in ests.items():
+    out[name] = mc.evaluate(est, pooled)
+    out[name]["per_case"] = {c: mc.evaluate(part(est, i), part(pooled, i))
+                             for i, c in enumerate(cases)}
+  shown = list(cases).index("combined") if "combined" in cases else len(cases) - 1
+  mc.figure(d / "motion_check.png", part(pooled, shown), part(ests["ours"], shown),
+            part(ests["tvl1"], shown) if "tvl1" in ests else None,
+            f"known change '{list(cases)[shown]}'", n=3)
+  line = ", ".join(f"{k} EPE {out[k]['animal']:.2f} px, part r {out[k]['r']:.2f}" for k in ests)
+  ctx.log(f"[motion] {len(pooled['flow'])} pairs: {line}")
+  return out
+
+
+# Stage name -> function, in run order; WORLD_STAGES run only for miniworld models.
 STAGES: dict[str, Callable[[Context, pathlib.Path], dict[str, Any]]] = {
     "world": world, "pairs": make_pairs, "link": fit_link, "similarity": w_r_similarity,
     "cycle": cycle_eval, "sweep": unit_sweep, "units": units, "relevance": relevance,
-    "counterfactual": counterfactual,
+    "counterfactual": counterfactual, "motion": motion_check,
 }
+# Stages that need the renderer's ground truth (miniworld models only).
+WORLD_STAGES = ("world", "motion")
