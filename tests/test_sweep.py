@@ -261,3 +261,28 @@ def test_end_to_end_tiny_models(tiny_world, tmp_path):
   assert (out / sweep.SWEEP_FILE).stat().st_mtime_ns == mtime
   np.testing.assert_array_equal(again["arrays"]["metrics"], res["metrics"])
   assert list(res["label_names"]) == list(models.label_names)
+
+
+@pytest.mark.slow
+def test_toy_world_binary_with_motion(tmp_path):
+  """make_pairs + sweep_units --toy_world --motion: unit 0 (the only one that changes the
+  square's size) moves the square more than unit 2 (its grey level only)."""
+  import json
+
+  pairs_dir, out = tmp_path / "pairs", tmp_path / "sweep"
+  for cmd in (["experiments.make_pairs", f"--out={pairs_dir}", "--toy_world",
+               "--toy_dims=8,6,5,4", "--classes=0,1,2", "--n_per_class=4", "--seed=0",
+               "--batch=4", "--keep=all"],
+              ["experiments.sweep_units", f"--pairs={pairs_dir}", "--toy_world", f"--out={out}",
+               "--units=all", "--samples_per_class=2", "--steps=3", "--chunk=8",
+               "--save_strips_for=0,2", "--motion"]):
+    proc = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  motion = json.loads((out / "motion.json").read_text())
+  assert motion["units"] == [0, 2]
+  for u in ("0", "2"):
+    assert (out / "strips" / f"motion_unit_{int(u):04d}.png").stat().st_size > 1000
+  square = lambda u, end: motion["per_unit"][u][end]["total"]["square"]["mean_norm"]  # noqa: E731
+  for end in ("low", "high"):
+    assert square("0", end) > 2 * square("2", end), motion["per_unit"]
