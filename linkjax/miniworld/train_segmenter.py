@@ -70,6 +70,12 @@ class SegmenterTrainConfig:
     crop_margins: crop the feature layers' StyleGAN3 margins before the resize (see the module
       docstring).
     feature_layers: 'all' synthesis layers but ToRGB, or 'reference' (every second one).
+    head: 'dense' (the reference's head of `size`; the default, as the shipped weights) or
+      'projected' (per-layer 1x1 projections at each map's resolution, then a narrow 3x3 stack;
+      `linkjax.models.segmenter`).
+    proj_channels: the projected head's output channels per feature layer.
+    dilations, widths: the projected head's 3x3 stack (dilation per convolution; output
+      channels of all but the last); the dense head takes `size`'s.
   """
   n_per_class: int = 5
   size: str = "S"
@@ -81,11 +87,29 @@ class SegmenterTrainConfig:
   eval_images: int = 200
   crop_margins: bool = True
   feature_layers: str = "all"
+  head: str = "dense"
+  proj_channels: int = 8
+  dilations: tuple[int, ...] = (1, 2, 1, 2, 1)
+  widths: tuple[int, ...] = (32, 32, 32, 32)
 
   def __post_init__(self):
     if self.feature_layers not in FEATURE_LAYER_RULES:
       raise ValueError(f"feature_layers must be one of {sorted(FEATURE_LAYER_RULES)}, "
                        f"got {self.feature_layers!r}")
+    if self.head not in seg_lib.HEADS:
+      raise ValueError(f"head must be one of {seg_lib.HEADS}, got {self.head!r}")
+    if self.head == "projected" and (self.proj_channels < 1 or
+                                     len(self.widths) != len(self.dilations) - 1):
+      raise ValueError(f"projected head: proj_channels {self.proj_channels} must be >= 1 and "
+                       f"widths {self.widths} one fewer than dilations {self.dilations}")
+
+  def head_fields(self, n_layers: int) -> dict[str, Any]:
+    """The `SegmenterConfig` head fields for `n_layers` feature layers (feature_channels is
+    filled in from the generator by `segmenter_train.train_on_generator`)."""
+    if self.head == "dense":
+      return {}
+    return {"head": "projected", "proj_channels": (self.proj_channels,) * n_layers,
+            "dilations": tuple(self.dilations), "widths": tuple(self.widths)}
 
 
 def labelled_set(generator: nnx.Module, key: jax.Array, n_per_class: int
@@ -151,14 +175,15 @@ def train(generator: nnx.Module, config: SegmenterTrainConfig, *, key: jax.Array
   """
   t0 = time.time()
   ws, masks, _ = labelled_set(generator, jax.random.fold_in(key, 0), config.n_per_class)
-  log_fn(f"{len(ws)} labelled images; training segmenter {config.size} at "
+  log_fn(f"{len(ws)} labelled images; training the {config.head} segmenter at "
          f"{config.resolution}px for {config.epochs} epochs")
+  layers = FEATURE_LAYER_RULES[config.feature_layers](generator.layer_names)
   model, losses = segmenter_train.train_on_generator(
       jax.random.fold_in(key, 1), generator, ws, masks, world.PART_NAMES, size=config.size,
       epochs=config.epochs, resolution=config.resolution, batch_size=len(ws),
-      crop_margins=config.crop_margins,
-      feature_layers=FEATURE_LAYER_RULES[config.feature_layers](generator.layer_names),
-      lr=config.lr, weight_decay=config.weight_decay, step_epochs=config.step_epochs)
+      crop_margins=config.crop_margins, feature_layers=layers,
+      head=config.head_fields(len(layers)), lr=config.lr, weight_decay=config.weight_decay,
+      step_epochs=config.step_epochs)
   train_s = time.time() - t0
   log_fn(f"trained in {train_s:.1f} s, final loss {float(losses[-1]):.4f}")
   metrics = evaluate(generator, model, jax.random.fold_in(key, 2), config.eval_images)
