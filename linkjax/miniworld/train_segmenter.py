@@ -26,6 +26,13 @@ Measured on the shipped generator (seed 0; mIoU on this module's 200 held-out im
 other held-out images): reference layers, whole maps 0.598 / 0.595 (on the step-15000 generator);
 reference layers, cropped 0.607 / 0.603; all layers, cropped (the default) 0.610 / 0.605.
 
+The 'projected' head (`head`) is ~3-6x cheaper but has not matched the dense head here
+(`benchmarks/segmenter_heads.py`, seed 0, all layers cropped; mIoU on the 200 / 1000 held-out
+sets, the dense head 0.610 / 0.607 in the same run, 2.10 GFLOP/img): proj_channels 8, stack
+32-32-32-32, 40 epochs 0.587 / 0.586 (0.34 GFLOP/img); 16, 40 epochs 0.598 / 0.598 (0.43);
+16, 80 epochs (step 60) 0.604 / 0.604 (0.43); 32, 80 epochs 0.604 / 0.603 (0.61); 8 with a
+48-48-48-32 stack, 40 epochs 0.588 / 0.587 (0.60). Snout and ear stay ~0.02 below.
+
 Quality: mean IoU against the renderer's masks of held-out generated images (psi 1), from a
 PRNG stream disjoint from the labelled one.
 """
