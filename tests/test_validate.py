@@ -1,0 +1,200 @@
+"""The planted-truth validation (linkjax.miniworld.validate): scores, boundary check, benchmark."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from linkjax import demo, miniworld, quantify
+from linkjax.miniworld import validate
+
+PARTS = list(miniworld.PART_NAMES[1:])  # leg, body, tail, tongue, eye, nose, snout, ear, head
+M = len(quantify.METRIC_NAMES)
+
+
+def _entry(part: str, metric: str) -> tuple[int, int]:
+  return PARTS.index(part), quantify.METRIC_NAMES.index(metric)
+
+
+# --------------------------------------------------------------------------- recovery scores
+
+
+def _vectors(n_units: int = 12, seed: int = 0) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  return rng.uniform(0.0, 0.01, size=(n_units, len(PARTS), M))
+
+
+def test_score_units_right_wrong_ranks_and_false_discoveries():
+  v = _vectors()
+  ear, tail, body_lum = _entry("ear", "area"), _entry("tail", "area"), _entry("body", "luminance")
+  v[2][ear] = 1.0                      # planted ear unit: right
+  v[5][tail] = 0.5                     # planted tail unit: right part, but its top is angle ...
+  v[5][_entry("tail", "angle")] = 5.0  # ... (after per-metric RMS scaling)
+  v[7][body_lum] = 0.8                 # planted body-luminance unit: right
+  v[9][ear] = 1.5                      # a free unit changes the ear area more: false discovery
+  v[10][ear] = 0.9                     # a free ear-area unit with a smaller effect: not one
+  v[11][body_lum] = 0.5                # a weaker free body-luminance unit: not one
+  planted = ((2, "ear_len"), (5, "tail_len"), (7, "body_luminance"))
+  sp = np.linspace(0.1, 0.9, 12)
+  out = validate.score_units(v, np.arange(12), planted, PARTS, sparsity=sp)
+  e_ear, e_tail, e_lum = out["planted"]
+  assert e_ear["right"] and (e_ear["top_part"], e_ear["top_metric"]) == ("ear", "area")
+  assert e_ear["false_discoveries"] == 1 and e_ear["free_top_same"] == 2
+  assert e_ear["unit_rank_on_expected"] == 2 and e_ear["expected_rank_in_unit"] == 1
+  assert not e_tail["right"] and e_tail["part_right"]
+  assert (e_tail["top_part"], e_tail["top_metric"]) == ("tail", "angle")
+  assert e_tail["expected_rank_in_unit"] == 2
+  assert e_lum["right"] and e_lum["false_discoveries"] == 0 and e_lum["free_top_same"] == 1
+  assert out["n_right"] == 2 and out["n_part_right"] == 3 and out["false_discoveries"] == 1
+  assert out["n_free"] == 9 and out["free_top_counts"]["ear:area"] == 2
+  # Percentile of the unit's sparsity among all units: unit 7 is the 8th smallest of 12.
+  assert e_lum["sparsity_percentile"] == pytest.approx(100 * 8 / 12)
+  # Units are matched by index, not position.
+  shuffled = validate.score_units(v[::-1], np.arange(12)[::-1], planted, PARTS, sparsity=sp[::-1])
+  for got, want in zip(shuffled["planted"], out["planted"]):
+    assert got.pop("effect") == pytest.approx(want.pop("effect"), rel=1e-12)
+    assert got == want
+  with pytest.raises(ValueError, match="not swept"):
+    validate.score_units(v, np.arange(12), ((40, "ear_len"),), PARTS)
+
+
+def test_score_units_signed_change_and_unit_that_changes_nothing():
+  v = _vectors(4)
+  v[1] = 0.0
+  signed = -v.copy()
+  out = validate.score_units(v, np.arange(4), ((1, "eye_r"), (2, "head_r")), PARTS,
+                             signed=signed)
+  dead, head = out["planted"]
+  assert dead["top_part"] is None and not dead["right"] and dead["effect"] == 0.0
+  assert head["signed_change"] == pytest.approx(-v[2][_entry("head", "area")])
+
+
+def test_recover_on_a_hand_made_sweep():
+  """Metrics whose ear area grows only along unit 3's sweep: unit 3 is named ear area."""
+  rng = np.random.default_rng(1)
+  s, u = 6, 5
+  metrics = np.tile(rng.uniform(30, 60, size=(s, 1, 1, len(PARTS), M)), (1, u, 2, 1, 1))
+  metrics = metrics + rng.normal(0, 0.01, size=metrics.shape)
+  ear = _entry("ear", "area")
+  metrics[:, 3, 1, ear[0], ear[1]] *= 1.5
+  arrays = {"metrics": metrics.astype(np.float32), "units": np.arange(u),
+            "class_idx": np.arange(s) % 3, "classes": np.arange(3),
+            "label_names": np.asarray(miniworld.PART_NAMES)}
+  out = validate.recover(arrays, ((3, "ear_len"),), min_area=5.0)
+  e = out["planted"][0]
+  assert e["right"] and e["signed_change"] == pytest.approx(0.5, abs=0.05)
+  assert e["sparsity_percentile"] == 100.0 and out["false_discoveries"] == 0
+
+
+# --------------------------------------------------------------------------- boundary check
+
+
+def test_path_changes_until_the_boundary():
+  t = 5
+  pm = np.zeros((t, 2, M))
+  pm[..., quantify.AREA] = 1.0  # ratios: unchanged
+  pm[:, 0, quantify.AREA] = [1.0, 1.2, 1.4, 0.5, 0.5]  # part 0 area
+  pm[:, 1, 1] = [0.0, -0.1, -0.2, 0.9, 0.9]            # part 1 luminance difference
+  pm[1, 1, 2] = np.nan
+  got = validate.path_changes(pm, boundary=2)
+  np.testing.assert_allclose(got[0, quantify.AREA], (0 + 0.2 + 0.4) / 3)
+  np.testing.assert_allclose(got[1, 1], (0 + 0.1 + 0.2) / 3)
+  np.testing.assert_allclose(got[1, 2], 0.0)  # the NaN point skipped
+  whole = validate.path_changes(pm, boundary=-1)
+  np.testing.assert_allclose(whole[0, quantify.AREA], (0 + 0.2 + 0.4 + 0.5 + 0.5) / 5)
+
+
+def test_breed_differences_and_rank_agreement():
+  rng = np.random.default_rng(2)
+  a = rng.normal(50, 2, size=(200, 3, M))
+  b = a.copy()
+  b[:, 0, quantify.AREA] *= 2.0   # part 0: area doubles
+  b[:, 2, quantify.AREA] *= 1.25  # part 2: a quarter larger
+  b[:, 1, 1] += 0.3               # part 1: brighter
+  d = validate.breed_differences(a, b)
+  np.testing.assert_allclose(d["relative"][:, quantify.AREA], [1.0, 0.0, 0.25], atol=1e-9)
+  np.testing.assert_allclose(d["relative"][1, 1], 0.3, atol=1e-9)
+  assert d["cohen_d"][0, quantify.AREA] > 10 and d["cohen_d"][1, quantify.AREA] < 1e-9
+
+  names = ["p0", "p1", "p2", "p3"]
+  truth = np.array([1.0, 0.0, 0.25, 0.1])
+  same = validate.rank_agreement(np.array([0.5, 0.01, 0.2, 0.05]), truth, names, k=2)
+  assert same["spearman"] == pytest.approx(1.0) and same["top_k_overlap"] == 2
+  assert same["truth_top1_method_rank"] == 1 and same["method_order"][:2] == ["p0", "p2"]
+  wrong = validate.rank_agreement(np.array([0.0, 0.9, 0.1, np.nan]), truth, names, k=2)
+  assert wrong["spearman"] < 0 and wrong["truth_top1_method_rank"] == 3
+  assert wrong["method_order"][-1] == "p3"  # never measured: ranked last
+
+
+def test_boundary_check_reads_counterfactual_paths(tmp_path):
+  """Hand-made path CSVs: the tail area changes most before the boundary."""
+  from linkjax import files  # noqa: PLC0415
+
+  header = (["step", "pred", "prob_orig", "prob_target", "is_boundary", "mse"]
+            + [f"{p}_{m}" for p in PARTS for m in quantify.METRIC_NAMES])
+  pm = np.zeros((4, len(PARTS), M))
+  pm[..., quantify.AREA] = 1.0
+  pm[:, PARTS.index("tail"), quantify.AREA] = [1.0, 1.5, 2.0, 9.0]
+  pm[:, PARTS.index("snout"), quantify.AREA] = [1.0, 1.2, 1.4, 1.0]
+  rows = [[s, 2 if s < 2 else 4, 0.5, 0.5, int(s == 2), 0.0] + list(pm[s].reshape(-1))
+          for s in range(4)]
+  files.write_csv(tmp_path / "pair0.csv", header, rows)
+  files.write_csv(tmp_path / "pair1.csv", header, rows)
+  files.write_json(tmp_path / "summary.json", {
+      "orig_class": 2, "target_class": 4,
+      "pairs": [{"success": True}, {"success": False}]})
+  out = validate.boundary_check(tmp_path, PARTS, key=jax.random.key(0), n_renders=40)
+  area = out["per_metric"]["area"]
+  assert out["n_paths"] == 1 and out["n_searches"] == 2
+  assert area["method_order"][:2] == ["tail", "snout"]
+  assert area["path_change"]["tail"] == pytest.approx((0 + 0.5 + 1.0) / 3)
+  # The renderer's truth for dotted bruiser -> ember foxhound: snout and tail areas lead.
+  assert set(area["truth_order"][:2]) == {"snout", "tail"}
+  assert area["top_k_overlap"] >= 2
+  assert out["parameters"][0]["param"] == "body_sat"
+
+
+def test_tables_render():
+  summary = {"recovery": validate.score_units(
+      _vectors(), np.arange(12), ((2, "ear_len"),), PARTS, sparsity=np.linspace(0, 1, 12))}
+  summary["recovery"].update(n_samples=10, min_area=5.0, median_sparsity=0.5)
+  md, html = validate.tables(summary)
+  assert md.startswith("# Planted-truth validation") and "ear_len" in md and "<table" in html
+
+
+# -------------------------------------------------------------------- the benchmark end to end
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all((p / "config.json").exists() for p in demo.BUILTIN.values()),
+                    reason="miniworld weights not shipped in this tree")
+def test_benchmark_on_a_tiny_run(tmp_path):
+  """The whole benchmark at toy sizes, with a made-up planted map on the shipped classifier."""
+  clf = tmp_path / "clf"
+  shutil.copytree(demo.BUILTIN["classifier"], clf)
+  record = json.loads((clf / "metrics.json").read_text())
+  record["planted"] = [{"unit": 3, "param": "ear_len", "r": 0.5},
+                       {"unit": 5, "param": "body_luminance", "r": 0.5}]
+  (clf / "metrics.json").write_text(json.dumps(record))
+  cfg = validate.BenchmarkConfig(classifier=str(clf), pairs_per_class=12, units="0-7",
+                                 samples_per_class=1, chunk=16, cf_pairs=1, cf_max_steps=20,
+                                 quality_images=20, render_images=20)
+  log: list[str] = []
+  summary = validate.run_benchmark(cfg, tmp_path / "run", log=log.append)
+  out = tmp_path / "run" / "validate"
+  v = json.loads((out / "validation.json").read_text())
+  assert [e["unit"] for e in v["recovery"]["planted"]] == [3, 5]
+  assert v["recovery"]["n_units"] == 8 and v["recovery"]["planted"][0]["r_heldout_renders"] == 0.5
+  assert set(v["boundary"]["per_metric"]) == {"area", "luminance"}
+  for strip in v["strips"]:
+    assert (out / strip).is_file()
+  assert (out / "recovery.md").read_text().startswith("# Planted-truth validation")
+  report = (tmp_path / "run" / "report.html").read_text()
+  assert report.index("Planted-truth validation") < report.index("Key numbers")
+  assert summary["planted_units"] == 2
+  assert not (tmp_path / "run" / "similarity").exists()  # the benchmark's stages only
+  again: list[str] = []
+  validate.run_benchmark(cfg, tmp_path / "run", log=again.append)
+  assert all(f"[{s}] already done" in "\n".join(again) for s in validate.BENCHMARK_STAGES)
