@@ -5,7 +5,7 @@
 The classifier with planted units (the planted-truth validation's, `experiments.validate`):
 
   python -m experiments.train_miniworld_classifier \
-      --out=linkjax/miniworld/weights/classifier_planted --steps=600 --planted_weight=2 \
+      --out=linkjax/miniworld/weights/classifier_planted --steps=1500 --planted_weight=8 \
       --planted=40:ear_len,120:tail_len,200:leg_len,280:head_r,360:body_luminance,440:eye_r
 
 Writes a `linkjax.checkpoint` directory (load with `linkjax.checkpoint.load(out, 'resnet')`)
