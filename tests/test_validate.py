@@ -51,6 +51,11 @@ def test_score_units_right_wrong_ranks_and_false_discoveries():
   assert out["n_free"] == 9 and out["free_top_counts"]["ear:area"] == 2
   # Percentile of the unit's sparsity among all units: unit 7 is the 8th smallest of 12.
   assert e_lum["sparsity_percentile"] == pytest.approx(100 * 8 / 12)
+  assert out["n_sparsity_top_decile"] == 0
+  sp_top = np.linspace(0.0, 0.5, 12)
+  sp_top[7] = 1.0  # the sparsest unit: percentile 100; units 2 and 5 at 25 and 50
+  top = validate.score_units(v, np.arange(12), planted, PARTS, sparsity=sp_top)
+  assert top["n_sparsity_top_decile"] == 1 and top["planted"][2]["sparsity_percentile"] == 100
   # Units are matched by index, not position.
   shuffled = validate.score_units(v[::-1], np.arange(12)[::-1], planted, PARTS, sparsity=sp[::-1])
   for got, want in zip(shuffled["planted"], out["planted"]):
@@ -71,6 +76,36 @@ def test_score_units_signed_change_and_unit_that_changes_nothing():
   assert head["signed_change"] == pytest.approx(-v[2][_entry("head", "area")])
 
 
+def test_entry_scaling_and_explained_discoveries():
+  """An entry that every unit changes (noise) wins under the metric scaling, not per entry;
+  a free unit that encodes a parameter of the same part metric is not a false discovery."""
+  n = 10
+  v = np.full((n, len(PARTS), M), 0.01)
+  nose_angle, ear, leg = _entry("nose", "angle"), _entry("ear", "area"), _entry("leg", "area")
+  v[:, nose_angle[0], nose_angle[1]] = np.linspace(30.0, 40.0, n)  # every unit, noisily
+  body = _entry("body", "area")
+  v[:, body[0], body[1]] = 0.5  # every unit alike (raises the area RMS)
+  v[0][ear] = 0.5                                   # planted ear unit
+  v[4][ear] = 0.6                                   # free unit that encodes ear_w
+  v[5][ear] = 0.7                                   # free unit that encodes nothing
+  v[1][leg] = 0.5                                   # planted leg unit
+  planted = ((0, "ear_len"), (1, "leg_len"))
+  metric = validate.score_units(v, np.arange(n), planted, PARTS, scaling="metric")
+  assert [e["top_metric"] for e in metric["planted"]] == ["angle", "angle"]
+  corr = {"ear_len": np.zeros(n), "ear_w": np.zeros(n), "leg_len": np.zeros(n)}
+  corr["ear_w"][4] = -0.6
+  corr["leg_len"][5] = 0.9  # encodes a parameter of another part: no excuse for ear area
+  entry = validate.score_units(v, np.arange(n), planted, PARTS, scaling="entry",
+                               param_corr=corr)
+  e_ear, e_leg = entry["planted"]
+  assert e_ear["right"] and e_leg["right"]
+  assert e_ear["false_discoveries"] == 1 and e_ear["explained_discoveries"] == 1
+  assert e_ear["unit_rank_on_expected"] == 3
+  assert validate.explaining_params("ear", "area") == ("ear_len", "ear_w")
+  with pytest.raises(ValueError, match="scaling"):
+    validate.scale_vectors(v, "log")
+
+
 def test_recover_on_a_hand_made_sweep():
   """Metrics whose ear area grows only along unit 3's sweep: unit 3 is named ear area."""
   rng = np.random.default_rng(1)
@@ -83,9 +118,10 @@ def test_recover_on_a_hand_made_sweep():
             "class_idx": np.arange(s) % 3, "classes": np.arange(3),
             "label_names": np.asarray(miniworld.PART_NAMES)}
   out = validate.recover(arrays, ((3, "ear_len"),), min_area=5.0)
-  e = out["planted"][0]
-  assert e["right"] and e["signed_change"] == pytest.approx(0.5, abs=0.05)
-  assert e["sparsity_percentile"] == 100.0 and out["false_discoveries"] == 0
+  for res in (out, out["entry_scaling"]):
+    e = res["planted"][0]
+    assert e["right"] and e["signed_change"] == pytest.approx(0.5, abs=0.05)
+    assert e["sparsity_percentile"] == 100.0 and res["false_discoveries"] == 0
 
 
 # --------------------------------------------------------------------------- boundary check
@@ -112,9 +148,10 @@ def test_breed_differences_and_rank_agreement():
   b = a.copy()
   b[:, 0, quantify.AREA] *= 2.0   # part 0: area doubles
   b[:, 2, quantify.AREA] *= 1.25  # part 2: a quarter larger
-  b[:, 1, 1] += 0.3               # part 1: brighter
+  b[:, 1, 1] -= 0.3               # part 1: darker
   d = validate.breed_differences(a, b)
   np.testing.assert_allclose(d["relative"][:, quantify.AREA], [1.0, 0.0, 0.25], atol=1e-9)
+  np.testing.assert_allclose(d["signed"][1, 1], -0.3, atol=1e-9)
   np.testing.assert_allclose(d["relative"][1, 1], 0.3, atol=1e-9)
   assert d["cohen_d"][0, quantify.AREA] > 10 and d["cohen_d"][1, quantify.AREA] < 1e-9
 
@@ -142,26 +179,69 @@ def test_boundary_check_reads_counterfactual_paths(tmp_path):
           for s in range(4)]
   files.write_csv(tmp_path / "pair0.csv", header, rows)
   files.write_csv(tmp_path / "pair1.csv", header, rows)
+  # A search that reported success but whose analysed path never flips (no boundary row),
+  # with a huge tail change: it must not enter the averages.
+  never = [r[:4] + [0] + r[5:] for r in rows]
+  for r in never:
+    r[6 + PARTS.index("tail") * M + quantify.AREA] = 50.0
+  files.write_csv(tmp_path / "pair2.csv", header, never)
   files.write_json(tmp_path / "summary.json", {
       "orig_class": 2, "target_class": 4,
-      "pairs": [{"success": True}, {"success": False}]})
+      "pairs": [{"success": True}, {"success": False}, {"success": True}]})
   out = validate.boundary_check(tmp_path, PARTS, key=jax.random.key(0), n_renders=40)
   area = out["per_metric"]["area"]
-  assert out["n_paths"] == 1 and out["n_searches"] == 2
-  assert area["method_order"][:2] == ["tail", "snout"]
+  assert out["n_paths"] == 1 and out["n_searches"] == 3
+  assert area["path"]["method_order"][:2] == ["tail", "snout"]
   assert area["path_change"]["tail"] == pytest.approx((0 + 0.5 + 1.0) / 3)
-  # The renderer's truth for dotted bruiser -> ember foxhound: snout and tail areas lead.
-  assert set(area["truth_order"][:2]) == {"snout", "tail"}
-  assert area["top_k_overlap"] >= 2
+  # At the boundary (point 2) the tail area has doubled and the snout's grown by 40 %.
+  assert area["boundary_change"]["tail"] == pytest.approx(1.0)
+  assert area["boundary_change"]["snout"] == pytest.approx(0.4)
+  assert area["boundary"]["method_order"][:2] == ["tail", "snout"]
+  # The renderer's truth for dotted bruiser -> ember foxhound: snout and tail areas lead and
+  # grow (longer snout and tail), as the hand-made paths have them.
+  assert set(area["path"]["truth_order"][:2]) == {"snout", "tail"}
+  assert area["truth"]["tail"] > 0.3 and area["truth"]["snout"] > 0.3
+  assert area["path"]["top_k_overlap"] >= 2 and area["sign_agreement"] >= 2
   assert out["parameters"][0]["param"] == "body_sat"
+  # Both statistics reach the tables.
+  rec = validate.score_units(_vectors(), np.arange(12), ((2, "ear_len"),), PARTS,
+                             sparsity=np.linspace(0, 1, 12))
+  rec["entry_scaling"] = rec
+  rec.update(n_samples=10, min_area=5.0, median_sparsity=0.5)
+  md, _ = validate.tables({"recovery": rec, "boundary": out})
+  assert "## Boundary check" in md and f"sign right for {area['sign_agreement']}/3" in md
+  assert "| tail | 0.500 | +1.000 |" in md
 
 
-def test_tables_render():
-  summary = {"recovery": validate.score_units(
-      _vectors(), np.arange(12), ((2, "ear_len"),), PARTS, sparsity=np.linspace(0, 1, 12))}
-  summary["recovery"].update(n_samples=10, min_area=5.0, median_sparsity=0.5)
-  md, html = validate.tables(summary)
-  assert md.startswith("# Planted-truth validation") and "ear_len" in md and "<table" in html
+def test_boundary_change_signed():
+  pm = np.ones((3, 2, M))
+  pm[:, 0, quantify.AREA] = [1.0, 0.5, 0.8]
+  pm[:, 1, 1] = [0.0, -0.2, 0.3]
+  np.testing.assert_allclose(validate.boundary_change(pm, 1)[:, [0, 1]], [[-0.5, 1.0],
+                                                                          [0.0, -0.2]])
+  np.testing.assert_allclose(validate.boundary_change(pm, -1)[0, 0], -0.2)
+
+
+def test_tables_render_both_scalings():
+  """A unit named nose angle by the method's scaling and ear area per entry: the row shows
+  both answers, the notes both counts."""
+  n = 12
+  v = _vectors(n)
+  nose_angle, ear = _entry("nose", "angle"), _entry("ear", "area")
+  v[:, nose_angle[0], nose_angle[1]] = np.linspace(35.0, 35.5, n)  # every unit (noise)
+  v[:, _entry("body", "area")[0], _entry("body", "area")[1]] = 0.6  # raises the area RMS
+  v[2][ear] = 0.5
+  sp = np.linspace(0, 1, n)
+  rec = validate.score_units(v, np.arange(n), ((2, "ear_len"),), PARTS, sparsity=sp)
+  rec["entry_scaling"] = validate.score_units(v, np.arange(n), ((2, "ear_len"),), PARTS,
+                                              sparsity=sp, scaling="entry")
+  rec.update(n_samples=10, min_area=5.0, median_sparsity=0.5)
+  md, html = validate.tables({"recovery": rec})
+  assert md.startswith("# Planted-truth validation") and "<table" in html
+  row = next(r for r in md.splitlines() if r.startswith("| 2 | ear_len |"))
+  assert "| nose angle | no |" in row and "| ear area | yes |" in row
+  assert "0/1 planted units named" in md and "Entry scaling (each part metric / its RMS over " \
+      "units): 1/1 right" in md
 
 
 # -------------------------------------------------------------------- the benchmark end to end
@@ -194,6 +274,10 @@ def test_benchmark_on_a_tiny_run(tmp_path):
   report = (tmp_path / "run" / "report.html").read_text()
   assert report.index("Planted-truth validation") < report.index("Key numbers")
   assert summary["planted_units"] == 2
+  assert v["recovery"]["entry_scaling"]["scaling"] == "entry"
+  assert {"planted_right_entry_scaling", "planted_sparsity_top_decile"} <= set(summary)
+  assert set(summary["boundary_spearman"]) == {"area_path", "area_boundary", "luminance_path",
+                                               "luminance_boundary"}
   assert not (tmp_path / "run" / "similarity").exists()  # the benchmark's stages only
   again: list[str] = []
   validate.run_benchmark(cfg, tmp_path / "run", log=again.append)

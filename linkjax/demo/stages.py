@@ -272,17 +272,21 @@ def validate(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
                          cf_dir=cf_dir if (cf_dir / "DONE.json").exists() else None,
                          held_out=record.get("planted", []), segmenter_reliability=reliability)
   rec = out["recovery"]
-  ctx.log(f"[validate] {rec['n_right']}/{len(rec['planted'])} planted units named with the "
-          f"right part and metric; {rec['false_discoveries']} false discoveries")
-  for e in rec["planted"]:
-    ctx.log(f"[validate] unit {e['unit']} ({e['param']}): top {e['top_part']} "
-            f"{e['top_metric']} ({'right' if e['right'] else 'wrong'}), sparsity percentile "
-            f"{e['sparsity_percentile']:.0f}")
+  for res in (rec, rec["entry_scaling"]):
+    ctx.log(f"[validate] {res['scaling']} scaling: {res['n_right']}/{len(res['planted'])} "
+            f"planted units named with the right part and metric; {res['false_discoveries']} "
+            f"false discoveries ({res['explained_discoveries']} explained)")
+    for e in res["planted"]:
+      ctx.log(f"[validate]   unit {e['unit']} ({e['param']}): top {e['top_part']} "
+              f"{e['top_metric']} ({'right' if e['right'] else 'wrong'}), sparsity percentile "
+              f"{e['sparsity_percentile']:.0f}")
   b = out.get("boundary")
   if b:
     for m, v in b["per_metric"].items():
-      ctx.log(f"[validate] boundary {b['orig_class']} -> {b['target_class']} ({m}): Spearman "
-              f"{v['spearman']:.2f}, top-{v['k']} overlap {v['top_k_overlap']}")
+      for stat in ("path", "boundary"):
+        ctx.log(f"[validate] boundary {b['orig_class']} -> {b['target_class']} ({m}, {stat}): "
+                f"Spearman {v[stat]['spearman']:.2f}, top-{v['k']} overlap "
+                f"{v[stat]['top_k_overlap']}")
   return out
 
 

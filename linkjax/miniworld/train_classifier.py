@@ -7,15 +7,15 @@ images do later: float [0, 1] -> uint8 by truncation (`preprocess.to_uint8` of 2
 `preprocess.classifier_input` with the config's resize/crop (None: the 64x64 image itself,
 ImageNet-normalised).
 
-Planted units (`TrainConfig.planted`, for the planted-truth validation `linkjax.miniworld.validate`):
-named units of R are additionally trained to *encode one renderer parameter each*, the other
-units free. The auxiliary loss is the MSE between r[:, unit] (post-ReLU global-average-pooled
-features, so non-negative) and an affine map of the parameter's z-score to r's typical range,
-`PLANTED_TARGET_MEAN + PLANTED_TARGET_STD * (value - mean) / std`, where (mean, std) are the
-parameter's moments under the world's class-balanced distribution (`param_moments`). The
-parameter's value comes from the same theta that rendered the image, so the unit must read it
-off the picture. The whole loss is `cross_entropy + planted_weight * mean_over_units(MSE)`;
-with no planted units the step is the plain classification step.
+Planted units (`TrainConfig.planted`, for the planted-truth validation,
+`linkjax.miniworld.validate`): named units of R are additionally trained to *encode one renderer
+parameter each*, the other units free. The auxiliary loss is the MSE between r[:, unit] (post-ReLU
+global-average-pooled features, so non-negative) and an affine map of the parameter's z-score to r's
+typical range, `PLANTED_TARGET_MEAN + PLANTED_TARGET_STD * (value - mean) / std`, where (mean, std)
+are the parameter's moments under the world's class-balanced distribution (`param_moments`). The
+parameter's value comes from the same theta that rendered the image, so the unit must read it off
+the picture. The whole loss is `cross_entropy + planted_weight * mean_over_units(MSE)`; with no
+planted units the step is the plain classification step.
 
 Families: 'resnet' (the shipped classifier: a bottleneck ResNet, one block per stage) or 'vgg'
 (VGG-16 with BatchNorm, torchvision's vgg16_bn layout with every width scaled by width / 64 and

@@ -15,7 +15,14 @@ Recovery of planted units (from a finished sweep over all units).
     minimum part area). Metrics live on different scales (relative area, 0-1 luminance, bits,
     degrees), so each metric is divided by its RMS over all units and parts
     (`unit_analysis.normalise_vectors`, the scaling the t-SNE and strongest-label use) before
-    the unit's *top (part, metric)* is taken. "Right" means top == expected.
+    the unit's *top (part, metric)* is taken. "Right" means top == expected. This is the
+    primary score, fixed before any result was seen.
+  * A second scaling, 'entry' (`scale_vectors`): each (part, metric) divided by its RMS over
+    units. It was added *after* the first benchmark run (an earlier planted classifier, 10 base
+    samples) named 4 of 6 planted units "nose angle" under the method's scaling -- the angle of
+    the near-circular nose, which segmentation noise changes for every unit. Choosing it after
+    seeing results makes it a post-hoc score, not a blind test: both are always reported side
+    by side, and neither replaces the other.
   * Also reported: the rank of the expected entry within the unit's own vector, the rank of the
     planted unit among all units on the expected entry (1: no unit changes that part metric
     more), the sign of the change (median over samples of the signed change; a longer ear
@@ -24,8 +31,11 @@ Recovery of planted units (from a finished sweep over all units).
     units (100: sparsest).
   * False discoveries: free units whose top (part, metric) is a planted unit's expected entry
     with an effect on that entry at least as large as the planted unit's -- a free unit the
-    method would name as "the ear-length unit" with at least as much evidence. We also report
-    the looser count (free units with that top entry, any effect) and its base rate.
+    method would name as "the ear-length unit" with at least as much evidence. Those among them
+    whose |Pearson r| on generated images with a parameter of that part metric (ear_len or ear_w
+    for ear area) reaches `EXPLAINED_R` are counted apart as 'explained' (a free unit can encode
+    ear size too, directly or through the breed, which changes it); the rest are false. We also
+    report the looser count (free units with that top entry, any effect) and its base rate.
 
 Boundary check (from a finished counterfactual experiment between two breeds).
   * The truth: the two breeds' renderer distributions, measured on renders with exact masks
@@ -34,9 +44,13 @@ Boundary check (from a finished counterfactual experiment between two breeds).
     differ most (`parameter_differences`).
   * The method: along each counterfactual path from the original image to the decision
     boundary, the mean |relative change| of each part metric (area as |ratio - 1|, luminance
-    as |difference|; `path_changes`), averaged over the searches.
+    as |difference|; `path_changes`), averaged over the searches ('path'; fixed before any
+    result was seen); and |the mean over searches of the signed change at the boundary|
+    (`boundary_change`; 'boundary', added after the first run, in which segmentation noise
+    gave every part a similar 'path' value: post hoc, reported next to 'path').
   * Scored per metric by the Spearman correlation of the two part rankings and the overlap of
-    their top 3 (`rank_agreement`).
+    their top 3 (`rank_agreement`), plus, for 'boundary', how many of the truth's top 3 parts
+    change with the truth's sign.
 
 What limits recovery is measured too: the segmenter's reliability for the expected (part,
 metric) (Pearson r of the metric on the segmenter's mask of G(z) vs the true mask of the render,
@@ -112,9 +126,41 @@ def _rank_desc(values: np.ndarray, i: int) -> int:
   return int(np.sum(values > values[i])) + 1
 
 
+SCALINGS = ("metric", "entry")
+# A free unit whose |Pearson r| with a parameter of the named part metric reaches this on
+# generated images encodes that parameter itself: naming it is a discovery the planted map does
+# not list, not a false one. (With 500 images, |r| > 0.09 is already significant at p = 0.05;
+# 0.3 asks for a moderate, not a chance, association.)
+EXPLAINED_R = 0.3
+
+
+def scale_vectors(vectors: Any, scaling: str = "metric") -> np.ndarray:
+  """Label-change vectors on a common scale: [U, L, M] -> [U, L * M] float64.
+
+  'metric': each metric divided by its RMS over all units and parts (the method's own scaling,
+    `unit_analysis.normalise_vectors`, used for t-SNE and the strongest label);
+  'entry': each (part, metric) divided by its RMS over units, so a unit's top entry is the part
+    metric it changes most *unusually*: entries that every unit changes by segmentation noise
+    (the orientation of the near-circular nose, say) no longer dominate.
+  """
+  v = np.asarray(vectors, np.float64)
+  if scaling == "metric":
+    return unit_analysis.normalise_vectors(v)
+  if scaling == "entry":
+    rms = np.sqrt(np.mean(v * v, axis=0))
+    return (v / np.where(rms > 0, rms, 1.0)).reshape(v.shape[0], -1)
+  raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+
+
+def explaining_params(part: str, metric: str) -> tuple[str, ...]:
+  """The parameters whose expected part metric is (part, metric) (`PARAM_TARGETS`)."""
+  return tuple(p for p, t in PARAM_TARGETS.items() if t == (part, metric))
+
+
 def score_units(vectors: Any, units: Sequence[int], planted: Sequence[tuple[int, str]],
-                part_names: Sequence[str], *, sparsity: Any = None,
-                signed: Any = None) -> dict[str, Any]:
+                part_names: Sequence[str], *, sparsity: Any = None, signed: Any = None,
+                scaling: str = "metric",
+                param_corr: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Scores the planted units of a sweep over (usually all) units.
 
   Args:
@@ -124,20 +170,27 @@ def score_units(vectors: Any, units: Sequence[int], planted: Sequence[tuple[int,
     part_names: the L part names.
     sparsity: [U] Hoyer label sparsity of each unit (None: not scored).
     signed: [U, L, M] median signed change (None: no direction reported).
+    scaling: 'metric' or 'entry' (`scale_vectors`).
+    param_corr: {parameter: [U] Pearson r of every unit with it} (e.g. on generated images);
+      with it, free units named like a planted unit are split into those that encode a
+      parameter of the same part metric (|r| >= EXPLAINED_R: 'explained') and the others
+      (false discoveries). None: every such free unit counts as false.
   Returns:
     {'planted': [one dict per planted unit: 'unit', 'param', 'expected_part',
      'expected_metric', 'top_part', 'top_metric', 'right', 'part_right', 'expected_rank_in_unit'
-     (1 = top), 'effect' (normalised entry), 'unit_rank_on_expected' (1 = largest of all units),
-     'false_discoveries', 'free_top_same' (free units with that top entry, any effect),
-     'free_larger_effect' (free units with a larger effect, any top), 'sparsity',
-     'sparsity_percentile', 'signed_change'],
-     'n_units', 'n_free', 'n_right', 'n_part_right', 'false_discoveries' (sum),
-     'free_top_counts': {'part:metric': free units with that top entry}}.
+     (1 = top), 'effect' (scaled entry), 'unit_rank_on_expected' (1 = largest of all units),
+     'false_discoveries', 'explained_discoveries', 'free_top_same' (free units with that top
+     entry, any effect), 'free_larger_effect' (free units with a larger effect, any top),
+     'sparsity', 'sparsity_percentile', 'signed_change'],
+     'scaling', 'n_units', 'n_free', 'n_right', 'n_part_right', 'false_discoveries' (sum),
+     'explained_discoveries' (sum), 'n_sparsity_top_decile' (planted units whose sparsity
+     percentile is >= 90; None without sparsity), 'free_top_counts': {'part:metric': free units
+     with that top entry}}.
   """
   v = np.asarray(vectors, np.float64)
   units = np.asarray(units)
   n_u, n_l, n_m = v.shape
-  norm = unit_analysis.normalise_vectors(v)  # [U, L * M]
+  norm = scale_vectors(v, scaling)  # [U, L * M]
   top = np.argmax(norm, axis=1)
   moves = norm.max(axis=1) > 0
   row = {int(u): i for i, u in enumerate(units)}
@@ -154,7 +207,13 @@ def score_units(vectors: Any, units: Sequence[int], planted: Sequence[tuple[int,
     flat = l * n_m + m
     eff = norm[i, flat]
     t = int(top[i])
-    is_top = moves & (top == flat)
+    named = free & moves & (top == flat) & (norm[:, flat] >= eff)
+    explained = np.zeros(n_u, bool)
+    if param_corr is not None:
+      known = [np.abs(np.asarray(param_corr[q], np.float64))
+               for q in explaining_params(part_names[l], metric_names[m]) if q in param_corr]
+      if known:
+        explained = np.max(known, axis=0) >= EXPLAINED_R
     entry = {
         "unit": int(u), "param": param, "expected_part": part_names[l],
         "expected_metric": metric_names[m],
@@ -165,8 +224,9 @@ def score_units(vectors: Any, units: Sequence[int], planted: Sequence[tuple[int,
         "expected_rank_in_unit": _rank_desc(norm[i], flat),
         "effect": float(eff),
         "unit_rank_on_expected": _rank_desc(norm[:, flat], i),
-        "false_discoveries": int(np.sum(free & is_top & (norm[:, flat] >= eff))),
-        "free_top_same": int(np.sum(free & is_top)),
+        "false_discoveries": int(np.sum(named & ~explained)),
+        "explained_discoveries": int(np.sum(named & explained)),
+        "free_top_same": int(np.sum(free & moves & (top == flat))),
         "free_larger_effect": int(np.sum(free & (norm[:, flat] >= eff))),
     }
     if sparsity is not None:
@@ -180,10 +240,13 @@ def score_units(vectors: Any, units: Sequence[int], planted: Sequence[tuple[int,
   for i in np.flatnonzero(free & moves):
     key = f"{part_names[top[i] // n_m]}:{metric_names[top[i] % n_m]}"
     counts[key] = counts.get(key, 0) + 1
-  return {"planted": out, "n_units": int(n_u), "n_free": int(free.sum()),
+  return {"planted": out, "scaling": scaling, "n_units": int(n_u), "n_free": int(free.sum()),
           "n_right": int(sum(e["right"] for e in out)),
           "n_part_right": int(sum(e["part_right"] for e in out)),
           "false_discoveries": int(sum(e["false_discoveries"] for e in out)),
+          "explained_discoveries": int(sum(e["explained_discoveries"] for e in out)),
+          "n_sparsity_top_decile": (None if sparsity is None else int(
+              sum(e["sparsity_percentile"] >= 90.0 for e in out))),
           "free_top_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
 
@@ -212,27 +275,40 @@ def path_changes(part_metrics: Any, boundary: int) -> np.ndarray:
     return np.nanmean(a, axis=0)
 
 
+def boundary_change(part_metrics: Any, boundary: int) -> np.ndarray:
+  """The signed change of every part metric at the decision boundary (the last point if none).
+
+  Args:
+    part_metrics: [T, L, M] relative to the original image (area as a ratio).
+    boundary: index of the first point of the other class (-1: the last point).
+  Returns:
+    [L, M] float64: ratio - 1 for area, the difference for the others (NaN where undefined).
+  """
+  pm = np.asarray(part_metrics, np.float64)[boundary].copy()
+  pm[..., quantify.AREA] -= 1.0
+  return pm
+
+
 def breed_differences(metrics_a: Any, metrics_b: Any) -> dict[str, np.ndarray]:
   """How two breeds differ part by part, measured on renders with exact masks.
 
   Args:
     metrics_a, metrics_b: [N, L, M] part metrics of renders of breed a and breed b.
   Returns:
-    {'relative': [L, M] |mean_b / mean_a - 1| for area (absent parts counting as area 0), |mean_b
-     - mean_a| for the others (over images holding the part); 'cohen_d': [L, M] |mean_b -
-     mean_a| / pooled std}.
+    {'signed': [L, M] mean_b / mean_a - 1 for area (absent parts counting as area 0), mean_b -
+     mean_a for the others (over images holding the part); 'relative': its absolute value;
+     'cohen_d': [L, M] |mean_b - mean_a| / pooled std}.
   """
   a = np.asarray(metrics_a, np.float64)
   b = np.asarray(metrics_b, np.float64)
   with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
     warnings.simplefilter("ignore", RuntimeWarning)  # parts absent from every image: NaN
     ma, mb = np.nanmean(a, axis=0), np.nanmean(b, axis=0)
-    rel = np.abs(mb - ma)
-    rel[:, quantify.AREA] = np.abs(mb[:, quantify.AREA] / np.maximum(ma[:, quantify.AREA], 1.0)
-                                   - 1.0)
+    signed = mb - ma
+    signed[:, quantify.AREA] = mb[:, quantify.AREA] / np.maximum(ma[:, quantify.AREA], 1.0) - 1.0
     pooled = np.sqrt(0.5 * (np.nanvar(a, axis=0) + np.nanvar(b, axis=0)))
     d = np.where(pooled > 0, np.abs(mb - ma) / np.where(pooled > 0, pooled, 1.0), np.nan)
-  return {"relative": rel, "cohen_d": d}
+  return {"signed": signed, "relative": np.abs(signed), "cohen_d": d}
 
 
 def parameter_differences(class_a: int, class_b: int, top: int = 8) -> list[dict[str, Any]]:
@@ -298,6 +374,12 @@ def boundary_check(cf_dir: str | os.PathLike, part_names: Sequence[str], *, key:
                    n_renders: int = 500, batch: int = 100) -> dict[str, Any]:
   """Compares the parts a counterfactual experiment changes with how the two breeds differ.
 
+  Two statistics of the method, each compared with the truth's |difference| per part:
+  'path_change', the mean |relative change| along the path up to the boundary (`path_changes`,
+  averaged over the searches), and 'boundary_change', |the mean over searches of the signed
+  change at the boundary| (`boundary_change`): segmentation noise adds to the first for every
+  part alike but averages out of the second, whose sign is also compared with the truth's.
+
   Args:
     cf_dir: a finished `counterfactual.run_experiment` directory (summary.json, pair{i}.csv).
     part_names: the L part names.
@@ -305,20 +387,26 @@ def boundary_check(cf_dir: str | os.PathLike, part_names: Sequence[str], *, key:
     n_renders: renders per breed.
     batch: renders per compiled call.
   Returns:
-    {'orig_class', 'target_class', 'n_paths' (successful searches used), 'per_metric':
-     {metric: {'path_change': {part: value}, 'truth': {part: value}, 'cohen_d': {part: value},
-     **rank_agreement}}, 'parameters': `parameter_differences`}.
+    {'orig_class', 'target_class', 'orig_name', 'target_name', 'n_paths' (searches that reached
+     the boundary), 'n_searches', 'per_metric': {metric: {'path_change', 'boundary_change'
+     (signed), 'truth' (signed), 'cohen_d': {part: value}, 'path': rank_agreement of
+     path_change, 'boundary': rank_agreement of |boundary_change|, 'sign_agreement': parts among
+     the truth's top k whose boundary change has the truth's sign}}, 'parameters':
+     `parameter_differences`, 'n_renders_per_breed'}.
   """
   cf_dir = pathlib.Path(cf_dir)
   summary = files.read_json(cf_dir / "summary.json")
   a, b = int(summary["orig_class"]), int(summary["target_class"])
-  n_l = len(part_names)
-  changes = []
+  n_l, n_m = len(part_names), len(quantify.METRIC_NAMES)
+  changes, at_boundary = [], []
   for i, p in enumerate(summary["pairs"]):
     if not p["success"]:
       continue
     pm, boundary = _read_path_csv(cf_dir / f"pair{i}.csv", n_l)
+    if boundary < 0:  # the search's last check passed but the analysed path never flipped
+      continue
     changes.append(path_changes(pm, boundary))
+    at_boundary.append(boundary_change(pm, boundary))
   truth_metrics = []
   for k, c in enumerate((a, b)):
     theta = world.sample_theta(jax.random.fold_in(key, k), np.full((n_renders,), c, np.int32))
@@ -326,16 +414,24 @@ def boundary_check(cf_dir: str | os.PathLike, part_names: Sequence[str], *, key:
   diff = breed_differences(*truth_metrics)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
-    mean_change = (np.nanmean(np.stack(changes), axis=0) if changes
-                   else np.full((n_l, len(quantify.METRIC_NAMES)), np.nan))
+    empty = np.full((n_l, n_m), np.nan)
+    mean_change = np.nanmean(np.stack(changes), axis=0) if changes else empty
+    mean_boundary = np.nanmean(np.stack(at_boundary), axis=0) if at_boundary else empty
   per_metric = {}
   for metric in BOUNDARY_METRICS:
     j = quantify.METRIC_NAMES.index(metric)
-    agree = rank_agreement(mean_change[:, j], diff["relative"][:, j], part_names)
+    truth = diff["relative"][:, j]
+    bnd = rank_agreement(np.abs(mean_boundary[:, j]), truth, part_names)
+    top_truth = np.argsort(-np.nan_to_num(truth, nan=-np.inf), kind="stable")[:TOP_K]
+    same_sign = [bool(np.sign(mean_boundary[i, j]) == np.sign(diff["signed"][i, j]))
+                 for i in top_truth]
     per_metric[metric] = {
         "path_change": dict(zip(part_names, mean_change[:, j].tolist())),
-        "truth": dict(zip(part_names, diff["relative"][:, j].tolist())),
-        "cohen_d": dict(zip(part_names, diff["cohen_d"][:, j].tolist())), **agree}
+        "boundary_change": dict(zip(part_names, mean_boundary[:, j].tolist())),
+        "truth": dict(zip(part_names, diff["signed"][:, j].tolist())),
+        "cohen_d": dict(zip(part_names, diff["cohen_d"][:, j].tolist())),
+        "path": rank_agreement(mean_change[:, j], truth, part_names), "boundary": bnd,
+        "sign_agreement": int(sum(same_sign)), "k": TOP_K}
   return {"orig_class": a, "target_class": b, "orig_name": world.CLASS_NAMES[a],
           "target_name": world.CLASS_NAMES[b], "n_paths": len(changes),
           "n_searches": len(summary["pairs"]), "per_metric": per_metric,
@@ -365,23 +461,36 @@ def _generated_r(models: bundle_lib.ModelBundle, params: Any, z: jax.Array,
   return {"r": acts["r"]}
 
 
-def generated_correlations(models: bundle_lib.ModelBundle, params: Any,
-                           planted: Sequence[tuple[int, str]], *, key: jax.Array, n: int = 500,
-                           batch: int = 50) -> list[dict[str, Any]]:
-  """Each planted unit vs its parameter's true value on generated images (psi 1).
+def generated_representations(models: bundle_lib.ModelBundle, params: Any, *, key: jax.Array,
+                              n: int = 500, batch: int = 50) -> tuple[np.ndarray, np.ndarray]:
+  """R of class-balanced generated images (psi 1) and their true theta.
 
   At psi 1 the generator reproduces render(theta(z, c)), so theta is the true parameter of the
-  image the classifier sees; the correlation bounds what the link and the sweep can recover.
+  image the classifier sees; how well a unit tracks it bounds what the link and the sweep can
+  recover.
 
   Returns:
-    `train_classifier.planted_report` on n class-balanced generated images.
+    (r [n, R] float32, theta [n, THETA_DIM] float32).
   """
   z, c = groundtruth.heldout_latents(key, n, models.z_dim)
   r = jobs.map_batches(functools.partial(_generated_r, models), params, z, c,
                        batch=min(batch, n), mesh=jobs.data_mesh(1))["r"]
-  eps = world_noise(z)
-  theta = np.asarray(world.theta_from_noise(jnp.asarray(eps), jnp.asarray(c)))
-  return train_classifier.planted_report(np.asarray(r), theta, tuple(planted))
+  theta = np.asarray(world.theta_from_noise(jnp.asarray(world_noise(z)), jnp.asarray(c)))
+  return np.asarray(r, np.float32), theta
+
+
+def unit_correlations(r: np.ndarray, theta: np.ndarray,
+                      names: Sequence[str]) -> dict[str, np.ndarray]:
+  """Pearson r of every unit with each named parameter: {name: [R]} (0 for a constant unit)."""
+  values = np.asarray(train_classifier.param_values(jnp.asarray(theta), tuple(names)),
+                      np.float64)
+  rc = np.asarray(r, np.float64) - np.mean(r, axis=0)
+  out = {}
+  for k, name in enumerate(names):
+    v = values[:, k] - values[:, k].mean()
+    denom = np.sqrt((rc * rc).sum(axis=0) * (v * v).sum())
+    out[name] = np.where(denom > 0, rc.T @ v / np.where(denom > 0, denom, 1.0), 0.0)
+  return out
 
 
 def world_noise(z: np.ndarray) -> np.ndarray:
@@ -403,15 +512,29 @@ def read_planted(classifier_dir: str | os.PathLike) -> tuple[tuple[int, str], ..
 
 
 def recover(sweep_arrays: Mapping[str, np.ndarray], planted: Sequence[tuple[int, str]],
-            min_area: float) -> dict[str, Any]:
-  """`score_units` on a sweep's arrays: vectors, signed changes and sparsity over all samples."""
+            min_area: float, param_corr: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """`score_units` on a sweep's arrays with the method's scaling, plus the 'entry' scaling.
+
+  Args:
+    sweep_arrays: `sweep.npz` arrays.
+    planted: ((unit, parameter), ...).
+    min_area: the analysis's minimum part area (px).
+    param_corr: {parameter: [R] Pearson r of every unit of R} (indexed by unit, not by row).
+  Returns:
+    the 'metric'-scaling `score_units` dict with 'entry_scaling' (the same for 'entry'),
+    'median_sparsity', 'min_area', 'n_samples', 'part_names'.
+  """
   names = unit_analysis.part_names(sweep_arrays)
+  units = np.asarray(sweep_arrays["units"])
   changes = unit_analysis.label_changes(sweep_arrays["metrics"], min_area)  # [S, U, L, M]
   vectors = unit_analysis.unit_vectors(changes)
   signed = np.median(changes, axis=0)
   classes = [int(c) for c in sweep_arrays["classes"]]
   sp = unit_analysis.sparsity(changes, sweep_arrays["class_idx"], classes)["overall"][-1]
-  out = score_units(vectors, sweep_arrays["units"], planted, names, sparsity=sp, signed=signed)
+  corr = None if param_corr is None else {k: np.asarray(v)[units] for k, v in param_corr.items()}
+  kw = dict(sparsity=sp, signed=signed, param_corr=corr)
+  out = score_units(vectors, units, planted, names, scaling="metric", **kw)
+  out["entry_scaling"] = score_units(vectors, units, planted, names, scaling="entry", **kw)
   out.update(median_sparsity=float(np.median(sp)), min_area=float(min_area),
              n_samples=int(changes.shape[0]), part_names=list(names))
   return out
@@ -452,17 +575,25 @@ def run(models: bundle_lib.ModelBundle, params: Any, *, pairs_dir: str | os.Path
   planted = tuple((int(u), str(p)) for u, p in planted)
   key = jax.random.key(seed)
   arrays = sweep_lib.load(sweep_dir)
-  rec = recover(arrays, planted, min_area)
-  gen = generated_correlations(models, params, planted, key=jax.random.fold_in(key, 201),
-                               n=n_generated)
+  r_gen, theta_gen = generated_representations(models, params, key=jax.random.fold_in(key, 201),
+                                               n=n_generated)
+  targets = {PARAM_TARGETS[p] for _, p in planted}
+  explaining = sorted({q for t in targets for q in explaining_params(*t)} | {p for _, p in planted})
+  corr = unit_correlations(r_gen, theta_gen, explaining)
+  rec = recover(arrays, planted, min_area, param_corr=corr)
+  gen = train_classifier.planted_report(r_gen, theta_gen, planted)
   held = {int(e["unit"]): e for e in held_out}
-  for entry, g in zip(rec["planted"], gen):
-    entry["r_generated"] = g["r"]
-    entry["best_other_r_generated"] = g["best_other_r"]
-    h = held.get(entry["unit"])
-    entry["r_heldout_renders"] = None if h is None else h["r"]
-    rel = (segmenter_reliability or {}).get(entry["expected_part"], {})
-    entry["segmenter_r"] = rel.get(entry["expected_metric"])
+  for k, g in enumerate(gen):
+    for entry in (rec["planted"][k], rec["entry_scaling"]["planted"][k]):
+      entry["r_generated"] = g["r"]
+      entry["best_other_unit_generated"] = g["best_other_unit"]
+      entry["best_other_r_generated"] = g["best_other_r"]
+      entry["other_units_r_above"] = int(np.sum(np.abs(corr[g["param"]]) >= EXPLAINED_R)) - int(
+          abs(g["r"]) >= EXPLAINED_R)
+      h = held.get(entry["unit"])
+      entry["r_heldout_renders"] = None if h is None else h["r"]
+      rel = (segmenter_reliability or {}).get(entry["expected_part"], {})
+      entry["segmenter_r"] = rel.get(entry["expected_metric"])
   summary: dict[str, Any] = {"recovery": rec, "planted_map": [list(p) for p in planted],
                              "seed": seed}
   if cf_dir is not None and (pathlib.Path(cf_dir) / "summary.json").exists():
@@ -497,23 +628,44 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
 def tables(summary: Mapping[str, Any]) -> tuple[str, str]:
   """The recovery and boundary tables as (markdown, HTML fragment)."""
   rec = summary["recovery"]
-  head = ["unit", "planted parameter", "expected", "top found", "right", "rank of expected",
-          "unit rank on expected", "sparsity pct", "false disc.", "signed change",
+  ent = rec.get("entry_scaling", rec)
+  head = ["unit", "planted parameter", "expected", "top found (metric RMS)", "right",
+          "rank of expected", "unit rank on expected", "top found (entry RMS)", "right",
+          "unit rank on expected", "sparsity pct", "false disc. (explained)", "signed change",
           "r renders", "r generated", "segmenter r"]
+
+  def top(e):
+    return f"{e['top_part']} {e['top_metric']}" if e["top_part"] else "none"
+
+  def right(e):
+    return "yes" if e["right"] else ("part only" if e["part_right"] else "no")
+
   rows = []
-  for e in rec["planted"]:
+  for e, f in zip(rec["planted"], ent["planted"]):
     rows.append([str(e["unit"]), e["param"], f"{e['expected_part']} {e['expected_metric']}",
-                 f"{e['top_part']} {e['top_metric']}" if e["top_part"] else "none",
-                 "yes" if e["right"] else ("part only" if e["part_right"] else "no"),
-                 str(e["expected_rank_in_unit"]), f"{e['unit_rank_on_expected']}/{rec['n_units']}",
-                 _f(e.get("sparsity_percentile"), "{:.0f}"), str(e["false_discoveries"]),
+                 top(e), right(e), str(e["expected_rank_in_unit"]),
+                 f"{e['unit_rank_on_expected']}/{rec['n_units']}", top(f), right(f),
+                 f"{f['unit_rank_on_expected']}/{rec['n_units']}",
+                 _f(e.get("sparsity_percentile"), "{:.0f}"),
+                 f"{e['false_discoveries']} ({e.get('explained_discoveries', 0)}) / "
+                 f"{f['false_discoveries']} ({f.get('explained_discoveries', 0)})",
                  _f(e.get("signed_change"), "{:+.3f}"), _f(e.get("r_heldout_renders")),
                  _f(e.get("r_generated")), _f(e.get("segmenter_r"))])
-  notes = [f"{rec['n_right']}/{len(rec['planted'])} planted units named with the right part and "
-           f"metric ({rec['n_part_right']} with the right part); {rec['false_discoveries']} "
-           f"false discoveries among {rec['n_free']} free units; {rec['n_samples']} base samples, "
-           f"minimum part area {rec['min_area']:g} px; median sparsity of all units "
-           f"{rec['median_sparsity']:.3f}."]
+  notes = [f"Method's scaling (each metric / its RMS over units and parts): {rec['n_right']}/"
+           f"{len(rec['planted'])} planted units named with the right part and metric "
+           f"({rec['n_part_right']} with the right part), {rec['false_discoveries']} false "
+           f"discoveries ({rec.get('explained_discoveries', 0)} more free units named alike "
+           f"encode a parameter of that part metric, |r| >= {EXPLAINED_R}). Entry scaling "
+           f"(each part metric / its RMS over units): {ent['n_right']}/{len(ent['planted'])} "
+           f"right ({ent['n_part_right']} right part), {ent['false_discoveries']} false "
+           f"discoveries ({ent.get('explained_discoveries', 0)} explained). False discoveries: "
+           "free units whose top entry is the planted unit's expected one, with at least its "
+           f"effect. {rec['n_free']} free units; {rec['n_samples']} base samples; minimum part "
+           f"area {rec['min_area']:g} px; median label sparsity of all units "
+           f"{rec['median_sparsity']:.3f}; {rec.get('n_sparsity_top_decile')}/"
+           f"{len(rec['planted'])} planted units in the top decile of sparsity. r renders / r generated: the planted unit's Pearson r "
+           "with its parameter on held-out renders / on generated images (psi 1); segmenter r: "
+           "the expected part metric measured on the segmenter's mask of G(z) vs the true mask."]
   btables = []
   if "boundary" in summary:
     b = summary["boundary"]
@@ -522,20 +674,26 @@ def tables(summary: Mapping[str, Any]) -> tuple[str, str]:
                  "separate the breeds most: " + ", ".join(
                      f"{p['param']} ({p['separation']:.1f})" for p in b["parameters"][:6]) + ".")
     for metric, m in b["per_metric"].items():
-      bhead = ["part", f"path |change| ({metric})", f"breed difference ({metric})", "Cohen d"]
-      brows = [[p, _f(m["path_change"][p], "{:.3f}"), _f(m["truth"][p], "{:.3f}"),
-                _f(m["cohen_d"][p])] for p in m["truth_order"]]
-      btables.append((f"{metric}: Spearman {_f(m['spearman'])}, top-{m['k']} overlap "
-                      f"{m['top_k_overlap']}/{m['k']}; method's top 3 "
-                      f"{', '.join(m['method_order'][:3])}; truth's top 3 "
-                      f"{', '.join(m['truth_order'][:3])}", bhead, brows))
+      bhead = ["part", f"path mean |change| ({metric})", "signed change at boundary",
+               "breed difference (signed)", "Cohen d"]
+      brows = [[p, _f(m["path_change"][p], "{:.3f}"), _f(m["boundary_change"][p], "{:+.3f}"),
+                _f(m["truth"][p], "{:+.3f}"), _f(m["cohen_d"][p])]
+               for p in m["path"]["truth_order"]]
+      pa, bo = m["path"], m["boundary"]
+      btables.append((f"{metric}: path mean |change| Spearman {_f(pa['spearman'])}, top-"
+                      f"{pa['k']} overlap {pa['top_k_overlap']}/{pa['k']} (top 3 "
+                      f"{', '.join(pa['method_order'][:3])}); change at the boundary Spearman "
+                      f"{_f(bo['spearman'])}, top-{bo['k']} overlap {bo['top_k_overlap']}/"
+                      f"{bo['k']} (top 3 {', '.join(bo['method_order'][:3])}), sign right for "
+                      f"{m['sign_agreement']}/{m['k']}; truth's top 3 "
+                      f"{', '.join(pa['truth_order'][:3])}", bhead, brows))
 
   def md_table(h, rs):
     return "\n".join(["| " + " | ".join(h) + " |", "|" + "---|" * len(h)]
                      + ["| " + " | ".join(r) + " |" for r in rs])
 
   def html_table(h, rs):
-    return ("<table border='1' style='border-collapse:collapse'><tr>"
+    return ("<table border='1' style='border-collapse:collapse;font-size:0.85em'><tr>"
             + "".join(f"<th>{html.escape(x)}</th>" for x in h) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>"
                       for r in rs) + "</table>")
