@@ -33,6 +33,12 @@ def _abstract(model_cls, config):
   return nnx.split(nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0))))
 
 
+def _gflop(jitted, *args) -> float:
+  cost = jitted.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) / 1e9
+
+
 def main(argv):
   del argv
   g_cfg = stylegan_xl.imagenet_config(256)
@@ -55,11 +61,22 @@ def main(argv):
   params = {"generator": g_state, "classifier": c_state, "segmenter": s_state, "link": link}
   fn = jax.jit(functools.partial(sweep.sweep_chunk, models, classes=(0,), micro_batch=None))
   idx = jax.ShapeDtypeStruct((b,), jnp.int32)
-  lowered = fn.lower(params, jax.ShapeDtypeStruct((b, r_dim), jnp.float32),
-                     jax.ShapeDtypeStruct((r_dim, 3), jnp.float32), idx, idx, idx)
-  cost = lowered.compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  gflop = float(cost["flops"]) / b / 1e9
+  gflop = _gflop(fn, params, jax.ShapeDtypeStruct((b, r_dim), jnp.float32),
+                 jax.ShapeDtypeStruct((r_dim, 3), jnp.float32), idx, idx, idx) / b
+  ws = jax.ShapeDtypeStruct((b, g_cfg.num_ws, g_cfg.w_dim), jnp.float32)
+  parts = {
+      "generator (image + features)": _gflop(
+          jax.jit(lambda s, w: nnx.merge(g_def, s).synthesis(w, return_features=True)),
+          g_state, ws),
+      "classifier (exact input path)": _gflop(
+          jax.jit(lambda p, u8: models.classify_uint8(p, u8)[0]), params,
+          jax.ShapeDtypeStruct((b, 256, 256, 3), jnp.uint8)),
+      "segmenter": _gflop(jax.jit(lambda p, f: models.segment(p, f)), params,
+                          {n: jax.ShapeDtypeStruct((b, *feats[n].shape[1:]), jnp.float32)
+                           for n in layers}),
+  }
+  for name, v in parts.items():
+    print(f"  {name}: {v / b:.1f} GFLOP per image")
   images = 2048 * 100 * 5 * 3
   pflop = images * gflop / 1e6
   hours = pflop * 1e15 / (_GPUS.value * _TFLOPS.value * 1e12) / 3600

@@ -44,11 +44,25 @@ flags.DEFINE_enum("optimizer", _S.optimizer, ["sgd", "adam"], "Optax optimiser (
 flags.DEFINE_float("lambda_orig", _S.lambda_orig, "Weight of the original-class logit in the loss.")
 flags.DEFINE_float("lambda_cos", _S.lambda_cos, "Weight of cos(f(r), f(r')) in the loss.")
 flags.DEFINE_integer("check_every", _S.check_every, "Steps per render-and-classify check window.")
-flags.DEFINE_enum("check_mode", _S.check_mode, ["window", "last"], "window: every iterate of a "
-                  "window is rendered in one batched call (identical to checking every step, as "
-                  "the reference does); last: only the window's last iterate is checked and the "
+flags.DEFINE_enum("check_mode", _S.check_mode, list(cf.CHECK_MODES), "window: every iterate "
+                  "of a window is rendered in one batched call (identical to checking every step, "
+                  "as the reference does); last: only the window's last iterate is checked and the "
                   "first flip is then located inside the window (about check_every times fewer "
-                  "renders; misses a target touch that is left again within one window).")
+                  "renders; misses a target touch that is left again within one window); head: "
+                  "only the iterates whose image could be the target are rendered, in step order "
+                  "(screen: the last rendered image's logits moved by the head's logit change, "
+                  "plus --screen_lipschitz times the latent distance since that image; the same "
+                  "stop step as checking every step whenever the screen passes the flip step).")
+flags.DEFINE_float("screen_head", _S.screen_head, "check_mode=head: weight of the head's logit "
+                   "change since the last rendered iterate in the screen's margin bound.")
+flags.DEFINE_float("screen_lipschitz", _S.screen_lipschitz, "check_mode=head: margin slack per "
+                   "unit of ||w - w_last_rendered|| (logits per unit of W); larger is safer and "
+                   "renders more.")
+flags.DEFINE_float("screen_slack", _S.screen_slack, "check_mode=head: constant margin slack "
+                   "(logits).")
+flags.DEFINE_integer("screen_force_every", _S.screen_force_every, "check_mode=head: render a "
+                     "pair's window-last iterate after this many windows without a render "
+                     "(0: never).")
 flags.DEFINE_integer("seed", _D.seed, "Seed of the initial shifts (U[0,1), r' = r - shift).")
 flags.DEFINE_string("out", None, "Output directory for figures, CSVs and summary.json.",
                     required=True)
@@ -62,14 +76,16 @@ flags.DEFINE_bool("lpips", _D.lpips, "Compute the LPIPS perceptual distance alon
 
 def main(argv):
   del argv
-  logging.info("flags: %s", {f.name: f.value for f in FLAGS.get_key_flags_for_module(__name__)})
+  cli.log_flags(__name__)
   cfg = cf.ExperimentConfig(
       orig_class=FLAGS.orig_class, target_class=FLAGS.target_class, n_samples=FLAGS.n_samples,
       seed=FLAGS.seed, n_frames=FLAGS.n_frames, max_points=FLAGS.max_points, lpips=FLAGS.lpips,
       init_scale=FLAGS.init_scale, search=cf.SearchConfig(
           lambda_orig=FLAGS.lambda_orig, lambda_cos=FLAGS.lambda_cos, optimizer=FLAGS.optimizer,
           learning_rate=FLAGS.lr, max_steps=FLAGS.max_steps, check_every=FLAGS.check_every,
-          check_mode=FLAGS.check_mode))
+          check_mode=FLAGS.check_mode, screen_head=FLAGS.screen_head,
+          screen_lipschitz=FLAGS.screen_lipschitz, screen_slack=FLAGS.screen_slack,
+          screen_force_every=FLAGS.screen_force_every))
   models, params = bundle.ModelBundle.load(generator=FLAGS.generator,
                                            classifier=FLAGS.classifier,
                                            segmenter=FLAGS.segmenter, link=FLAGS.link)

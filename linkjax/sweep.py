@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -256,11 +257,16 @@ class _Chunks:
     self._r, self._v = jax.device_put(r_samples, repl), jax.device_put(values, repl)
     self._progress = progress
     self._pending = None
+    self.first_call_s = 0.0  # compiling the step plus one chunk
 
   def submit(self, s, u, k, done: Callable[[dict[str, np.ndarray]], None]) -> None:
     c, n = self._chunk, s.size
     s, u, k = (jax.device_put(jobs.pad_rows(a, c), self._data) for a in (s, u, k))
+    t0 = time.perf_counter()
     out = self._step(self._params, self._r, self._v, s, u, k)  # dispatched asynchronously
+    if not self.first_call_s:
+      jax.block_until_ready(out)
+      self.first_call_s = time.perf_counter() - t0
     self.flush()
     self._pending = (out, n, done)
 
@@ -277,7 +283,8 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
               shard_size: int = 4096, lo: Any = None, hi: Any = None, sample_ids: Any = None,
               classes: Sequence[int] | None = None, mesh: jax.sharding.Mesh | None = None,
               overwrite: bool = False, log_every_s: float = 30.0,
-              on_shard: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+              on_shard: Callable[[int], None] | None = None,
+              timing: dict[str, float] | None = None) -> dict[str, np.ndarray]:
   """Sweeps units over samples, streaming results to shard files; a rerun resumes.
 
   Args:
@@ -299,6 +306,9 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
     overwrite: replace a sweep with other arguments in `out_dir`.
     log_every_s: seconds between progress lines when not on a terminal.
     on_shard: called with the shard index after each newly written shard (tests).
+    timing: if given, receives 'first_call_s' (the first chunk: compiling the step plus one
+      chunk), 'steps_s' (all chunks, the first included, with the shards' host work
+      overlapped) and 'images' computed here.
   Returns:
     The arrays of `sweep.npz`: 'metrics' [S, U, steps, L, M], 'probs' [S, U, steps, C],
     'pred' [S, U, steps] int32, 'base_metrics' [S, L, M], 'base_probs' [S, C], 'base_pred' [S]
@@ -360,6 +370,8 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
       logging.info("sweep: process %d of %d computes %d of the shards", procs.index, procs.count,
                    len(mine))
     runner = _Chunks(step_fn, params, r_samples, values, eff_chunk, progress, mesh)
+    t0 = time.perf_counter()
+    base_computed = base is None
     if base is None:  # unperturbed baseline: every sample once, unit untouched
       parts: list[dict[str, np.ndarray]] = []
       for a, b in jobs.chunks(n_s, eff_chunk):
@@ -388,6 +400,9 @@ def run_sweep(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: A
         flat = np.arange(a, min(a + eff_chunk, end), dtype=np.int64)
         runner.submit(*_triples(flat, n_u, steps, units), collect(h, a + eff_chunk >= end))
     runner.flush()
+    if timing is not None:
+      timing.update(first_call_s=runner.first_call_s, steps_s=time.perf_counter() - t0,
+                    images=sum(size(h) for h in todo) + (n_s if base_computed else 0))
     if not procs.main:  # process 0 assembles
       run.wait_output(SWEEP_FILE)
       return load(run.path)
@@ -534,7 +549,8 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
       reference's 20 px at 128 x 128 scaled to the mask resolution.
     mesh, overwrite, log_every_s: as `run_sweep`.
   Returns:
-    {'n_units', 'n_samples', 'steps', 'n_images', 'strip_units', 'arrays': sweep.npz arrays}.
+    {'n_units', 'n_samples', 'steps', 'n_images', 'strip_units', 'timing' (of `run_sweep`;
+     empty for a finished sweep), 'arrays': sweep.npz arrays}.
   """
   data = pairs.load(pairs_dir)
   present = [int(c) for c in (config.classes if config.classes is not None
@@ -548,10 +564,11 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
   unit_list = parse_units(config.units, r_samples.shape[1])
   logging.info("sweep: %d base samples from %s (%d classes), %d units", rows.size, pairs_dir,
                len(present), unit_list.size)
+  timing: dict[str, float] = {}
   arrays = run_sweep(out_dir, models, params, r_samples, data["class_idx"][rows], units=unit_list,
                      steps=config.steps, chunk=config.chunk, shard_size=config.shard_size,
                      lo=lo, hi=hi, sample_ids=rows, classes=present, mesh=mesh,
-                     overwrite=overwrite, log_every_s=log_every_s)
+                     overwrite=overwrite, log_every_s=log_every_s, timing=timing)
   strips = list(config.strip_units)
   if config.strip_top:
     area = unit_analysis.min_area_for(int(arrays["mask_resolution"]), min_area)
@@ -566,4 +583,4 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
                 chunk=config.chunk, mesh=mesh)
   return {"n_units": int(unit_list.size), "n_samples": int(rows.size), "steps": config.steps,
           "n_images": int(rows.size * unit_list.size * config.steps), "strip_units": strips,
-          "arrays": arrays}
+          "timing": timing, "arrays": arrays}

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from linkjax import bundle, checkpoint, testing
+from linkjax import bundle, checkpoint, pairs, testing
 from linkjax import counterfactual as cf
 from ports import stylegan_xl as port
 
@@ -179,6 +179,95 @@ def test_transient_touch_window_vs_last():
   assert not bool(last.success[0]) and int(last.steps[0]) == 20
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_head_mode_equals_every_step_check(optimizer):
+  # check_mode='head' (screened renders) stops at the every-step check's step on every toy pair
+  # ('window' is that check, see test_check_every_invariance_and_reference_procedure) and renders
+  # far fewer images than 'window', which renders as many as the every-step check.
+  p = toy_params()
+  r, orig, target, shift0 = toy_pairs(12, seed=5)
+  cfg = dataclasses.replace(CFG, optimizer=optimizer, check_every=7)
+  base = cf.search(FNS, p, r, orig, target, shift0, config=cfg)
+  assert 2 <= int(jnp.sum(base.success)) <= 11  # solved and unsolved pairs
+  head = cf.search(FNS, p, r, orig, target, shift0, config=dataclasses.replace(cfg, check_mode="head"))
+  np.testing.assert_array_equal(head.steps, base.steps)
+  np.testing.assert_array_equal(head.success, base.success)
+  np.testing.assert_allclose(head.r_final, base.r_final, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(head.prob_target, base.prob_target, atol=1e-6)
+  assert int(head.num_images) < 0.6 * int(base.num_images), (int(head.num_images),
+                                                              int(base.num_images))
+  if optimizer == "adam":
+    return
+  # Without the latent-distance slack the screen is the head's logit change alone: on this toy
+  # (image classifier ~ head) still exact, and cheaper.
+  bare = cf.search(FNS, p, r, orig, target, shift0, config=dataclasses.replace(
+      cfg, check_mode="head", screen_lipschitz=0.0))
+  np.testing.assert_array_equal(bare.steps, base.steps)
+  assert int(bare.num_images) < 0.25 * int(base.num_images)
+  # And the reference's own procedure, on the solved pairs and two others.
+  ok = np.asarray(base.success)
+  sel = np.concatenate([np.nonzero(ok)[0], np.nonzero(~ok)[0][:2]])
+  ref = cf.reference_search(FNS, p, r[sel], orig[sel], target[sel], shift0[sel], config=cfg)
+  np.testing.assert_array_equal(ref.steps, head.steps[sel])
+  np.testing.assert_array_equal(ref.success, head.success[sel])
+
+
+def test_head_mode_sound_bound_finds_transient_touch():
+  # The band world: the image is the target only at step 3 (w[1] = 1.5), its margin
+  # 1 - 10 |w[1] - 1.5| is 10-Lipschitz in w and the head (identity) does not predict it. With
+  # screen_lipschitz >= 10 and no head term the screen bounds the image's margin, so the transient
+  # touch is found exactly like the every-step reference; with a smaller slack the screen skips
+  # it (from step 1's image, margin -9, the bound -9 + 2 ||w_t - w_1|| stays < 0 until step 9).
+  eye = jnp.eye(2, dtype=jnp.float32)
+  p = {"A": eye, "b": jnp.zeros(2, jnp.float32), "M": eye, "c": jnp.zeros(2, jnp.float32)}
+  fns = cf.SearchFns(toy_head, toy_link, _band_render)
+  args = (fns, p, jnp.asarray([[3.0, 0.0]], jnp.float32), jnp.asarray([0]), jnp.asarray([1]),
+          jnp.zeros((1, 2), jnp.float32))
+  cfg = cf.SearchConfig(lambda_cos=0.0, max_steps=20, check_every=5, check_mode="head",
+                        screen_head=0.0, screen_force_every=0)
+  ref = cf.reference_search(*args, config=cfg)
+  assert int(ref.steps[0]) == 3
+  sound = cf.search(*args, config=dataclasses.replace(cfg, screen_lipschitz=10.0))
+  assert bool(sound.success[0]) and int(sound.steps[0]) == 3
+  np.testing.assert_allclose(sound.r_final[0], [3 - 0.9, 1.5], atol=1e-6)
+  loose = cf.search(*args, config=dataclasses.replace(cfg, screen_lipschitz=2.0))
+  assert not bool(loose.success[0]) and int(loose.steps[0]) == 20
+
+
+def test_head_mode_safety_cap_locates_persistent_flip():
+  # Identity world (render = head): r'_k = [3 - 0.3 k, 0.5 k], the image is the target from step 4
+  # on. A screen that never fires (slack -100) finds it only through the safety cap: the forced
+  # render of a window's last iterate hits, and the window is then searched in order.
+  eye = jnp.eye(2, dtype=jnp.float32)
+  p = {"A": eye, "b": jnp.zeros(2, jnp.float32), "M": eye, "c": jnp.zeros(2, jnp.float32),
+       "B": eye, "d": jnp.zeros(2, jnp.float32)}
+  args = (FNS, p, jnp.asarray([[3.0, 0.0]], jnp.float32), jnp.asarray([0]), jnp.asarray([1]),
+          jnp.zeros((1, 2), jnp.float32))
+  cfg = cf.SearchConfig(lambda_cos=0.0, max_steps=30, check_every=3, check_mode="head",
+                        screen_head=0.0, screen_lipschitz=0.0, screen_slack=-100.0)
+  # Cap 1: window [4, 6] is forced (its step 6 hits), then steps 4, 5 are rendered: exact.
+  one = cf.search(*args, config=dataclasses.replace(cfg, screen_force_every=1))
+  assert bool(one.success[0]) and int(one.steps[0]) == 4
+  assert int(one.num_images) == 1 + 2 + 1  # step 1 (no anchor yet), steps 6 and 4; final image
+  # Cap 2: step 1 was rendered in window [1, 3], so [4, 6] is skipped and [7, 9] forced: the
+  # flip is found in that window, later than the reference's step 4 (the cap's documented limit).
+  two = cf.search(*args, config=dataclasses.replace(cfg, screen_force_every=2))
+  assert bool(two.success[0]) and int(two.steps[0]) == 7
+  none = cf.search(*args, config=dataclasses.replace(cfg, screen_force_every=0))
+  assert not bool(none.success[0]) and int(none.num_images) == 2  # step 1 and the final image
+
+
+def test_head_mode_config_validation():
+  with pytest.raises(ValueError, match="check_mode"):
+    cf.SearchConfig(check_mode="heads")
+  with pytest.raises(ValueError, match="screen_force_every"):
+    cf.SearchConfig(screen_force_every=-1)
+  with pytest.raises(ValueError, match="screen_lipschitz"):
+    cf.SearchConfig(screen_lipschitz=-1.0)
+  with pytest.raises(ValueError, match="screen_slack"):
+    cf.SearchConfig(screen_slack=float("nan"))
+
+
 def test_batch_equals_per_pair_runs():
   p = toy_params()
   r, orig, target, shift0 = toy_pairs(5)
@@ -247,10 +336,11 @@ def test_done_mask_freezes_finished_pairs():
   np.testing.assert_allclose(path3, path[np.asarray(idx3)], atol=1e-6)
 
 
-def test_no_retrace():
+@pytest.mark.parametrize("mode", ["window", "head"])
+def test_no_retrace(mode):
   p = toy_params()
   r, orig, target, shift0 = toy_pairs(4)
-  cfg = dataclasses.replace(CFG, check_every=6)
+  cfg = dataclasses.replace(CFG, check_every=6, check_mode=mode)
   cf.search(FNS, p, r, orig, target, shift0, config=cfg)
   n = TRACES["head"]
   p2 = jax.tree.map(lambda x: x * 1.01, p)
@@ -328,9 +418,22 @@ def test_end_to_end_tiny_models(fixtures_dir, tmp_path):
   models, params = bundle.ModelBundle.load(generator=world["generator"],
                                            classifier=world["classifier"],
                                            segmenter=world["segmenter"], link=world["link"])
+  search = cf.SearchConfig(max_steps=12, check_every=5, check_mode="head")
   summary = cf.run_experiment(world["pairs"], models, params, out, cf.ExperimentConfig(
       orig_class=orig, target_class=target, n_samples=2, n_frames=4, max_points=8, lpips=False,
-      search=cf.SearchConfig(max_steps=12, check_every=5)))
+      search=search))
+  # On real (tiny, random) models the screened search stops where rendering every step does.
+  data = pairs.load(world["pairs"])
+  r = jnp.asarray(data["r"][:6], jnp.float32)
+  o = jnp.asarray(data["class_idx"][:6], jnp.int32)
+  t = (o + 1 + jnp.arange(6, dtype=jnp.int32) % 9) % 10
+  shift0 = cf.initial_shift(jax.random.key(0), 6, r.shape[1])
+  head = cf.search(models, params, r, o, t, shift0, config=search)
+  win = cf.search(models, params, r, o, t, shift0,
+                  config=dataclasses.replace(search, check_mode="window"))
+  np.testing.assert_array_equal(head.steps, win.steps)
+  np.testing.assert_array_equal(head.success, win.success)
+  assert int(head.num_images) <= int(win.num_images)
   assert summary["n_pairs"] == 2 and len(summary["pairs"]) == 2
   assert json.loads((out / "summary.json").read_text())["orig_class"] == orig
   for i in range(2):

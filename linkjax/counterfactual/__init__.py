@@ -10,13 +10,13 @@ from linkjax.counterfactual.figures import (plot_frames, plot_grad_cam, plot_met
                                             plot_probability, write_pair_csv)
 from linkjax.counterfactual.path import (PairAnalysis, analyse_pair, decision_boundary,
                                          frame_indices, image_distances, relative_part_metrics)
-from linkjax.counterfactual.descent import (SearchConfig, SearchFns, SearchResult, initial_shift,
-                                           make_optimizer, pair_loss, reference_search, search,
-                                           trajectory)
+from linkjax.counterfactual.descent import (CHECK_MODES, SearchConfig, SearchFns, SearchResult,
+                                           initial_shift, make_optimizer, pair_loss,
+                                           reference_search, search, trajectory)
 from linkjax.gradcam import grad_cam
 
 __all__ = [
-    "ExperimentConfig", "PairAnalysis", "SearchConfig", "SearchFns", "SearchResult",
+    "CHECK_MODES", "ExperimentConfig", "PairAnalysis", "SearchConfig", "SearchFns", "SearchResult",
     "analyse_pair", "decision_boundary", "frame_indices", "grad_cam", "image_distances",
     "initial_shift", "make_optimizer", "pair_loss", "plot_frames", "plot_grad_cam",
     "plot_metrics", "plot_probability", "reference_search", "relative_part_metrics",

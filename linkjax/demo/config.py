@@ -72,6 +72,10 @@ class CounterfactualStage:
     pairs: samples of `orig` searched.
     max_steps: maximum gradient steps per search.
     check_every: steps per batched image check.
+    check_mode: the search's image check (`descent.SearchConfig.check_mode`). 'head' renders only
+      the iterates the screen passes; on the built-in world's demo searches (classes 0 -> 1, 6
+      pairs, seed 0) it stops at the same steps as 'window' (every iterate rendered) with fewer
+      images (benchmarks/counterfactual_speed.py).
     init_scale: initial shift ~ init_scale * U[0, 1); None: 1.0 (the reference) on other
       models, 0.1 on a miniworld, whose r units are small (mean ~0.37), so the reference's
       U[0, 1) start would erase most of r before the first step.
@@ -83,12 +87,14 @@ class CounterfactualStage:
   pairs: int = 6
   max_steps: int = 300
   check_every: int = 10
+  check_mode: str = "head"
   init_scale: float | None = None
   max_points: int = 40
   n_frames: int = 6
 
   def search(self) -> descent.SearchConfig:
-    return descent.SearchConfig(max_steps=self.max_steps, check_every=self.check_every)
+    return descent.SearchConfig(max_steps=self.max_steps, check_every=self.check_every,
+                                check_mode=self.check_mode)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

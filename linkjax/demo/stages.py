@@ -215,6 +215,10 @@ def unit_sweep(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
                   log_every_s=15.0)
   secs = time.time() - t0
   res.pop("arrays")
+  t = res["timing"]
+  if t:  # the share of the stage inside compiled steps (the first, compiling call apart)
+    t["steps_fraction"] = (t["steps_s"] - t["first_call_s"]) / secs
+    t["first_call_fraction"] = t["first_call_s"] / secs
   ctx.log(f"[sweep] {res['n_images']} images in {secs:.1f} s "
           f"({res['n_images'] / max(secs, 1e-9):.1f} images/s)")
   return {**res, "seconds": secs, "images_per_s": res["n_images"] / max(secs, 1e-9)}
