@@ -247,6 +247,21 @@ def test_tables_render_both_scalings():
 # -------------------------------------------------------------------- the benchmark end to end
 
 
+def test_demo_refuses_a_sweep_that_leaves_out_planted_units(tmp_path):
+  """With the planted classifier, a sweep missing planted units fails before anything runs."""
+  from linkjax.demo import run as run_lib  # noqa: PLC0415
+
+  cfg = demo.make_config(classifier=str(validate.PLANTED_DIR), world=True,
+                         sweep={"units": "0-200"})
+  with pytest.raises(ValueError, match=r"planted units \[280, 360, 440\]"):
+    demo.run_demo(cfg, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  planted = validate.read_planted(validate.PLANTED_DIR)
+  for units in ("all", "40,120,200,280,360,440", "0-511"):
+    run_lib.check_planted_swept(demo.make_config(world=True, sweep={"units": units}), planted)
+  run_lib.check_planted_swept(cfg, ())  # no planted units: any sweep
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not all((p / "config.json").exists() for p in demo.BUILTIN.values()),
                     reason="miniworld weights not shipped in this tree")
