@@ -106,6 +106,28 @@ def test_entry_scaling_and_explained_discoveries():
     validate.scale_vectors(v, "log")
 
 
+def test_unit_correlations_within_class():
+  """A unit that only tells the classes apart correlates with a parameter that differs by class
+  when pooled, not within class; a unit that tracks the parameter does both."""
+  from linkjax.miniworld import train_classifier  # noqa: PLC0415
+
+  rng = np.random.default_rng(3)
+  n = 400
+  c = np.arange(n) % 2
+  theta = rng.uniform(-0.3, 0.3, size=(n, miniworld.THETA_DIM)).astype(np.float32)
+  i = miniworld.PARAM_NAMES.index("tail_len")
+  theta[:, i] += np.where(c == 1, 0.6, -0.6)  # class 1: longer tails
+  value = np.asarray(train_classifier.param_values(jax.numpy.asarray(theta), ("tail_len",)))[:, 0]
+  r = np.stack([c.astype(np.float64),                      # class detector
+                value + rng.normal(0, 0.01 * value.std(), n),  # tracks the tail length
+                np.ones(n)], axis=1)                       # constant
+  pooled = validate.unit_correlations(r, theta, ("tail_len",))["tail_len"]
+  within = validate.unit_correlations(r, theta, ("tail_len",), class_idx=c)["tail_len"]
+  assert pooled[0] > 0.8 and abs(within[0]) < 1e-9
+  assert pooled[1] > 0.99 and within[1] > 0.99
+  assert pooled[2] == 0.0 and within[2] == 0.0
+
+
 def test_recover_on_a_hand_made_sweep():
   """Metrics whose ear area grows only along unit 3's sweep: unit 3 is named ear area."""
   rng = np.random.default_rng(1)

@@ -32,9 +32,13 @@ Recovery of planted units (from a finished sweep over all units).
   * False discoveries: free units whose top (part, metric) is a planted unit's expected entry
     with an effect on that entry at least as large as the planted unit's -- a free unit the
     method would name as "the ear-length unit" with at least as much evidence. Those among them
-    whose |Pearson r| on generated images with a parameter of that part metric (ear_len or ear_w
-    for ear area) reaches `EXPLAINED_R` are counted apart as 'explained' (a free unit can encode
-    ear size too, directly or through the breed, which changes it); the rest are false. We also
+    whose |within-class Pearson r| on generated images (unit and parameter centred per breed)
+    with a parameter of that part metric (ear_len or ear_w for ear area) reaches `EXPLAINED_R`
+    are counted apart as 'explained' (a free unit can encode ear size too); the rest are false.
+    Within-class, because the pooled correlation counts every breed-selective unit: on the
+    first run with the shipped planted classifier, 199-296 of the 511 other units reached
+    |pooled r| >= 0.3 with each planted parameter, and 27 of 33 free units named like a planted
+    unit were 'explained' that way (this change is post hoc too, and makes the count stricter). We also
     report the looser count (free units with that top entry, any effect) and its base rate.
 
 Boundary check (from a finished counterfactual experiment between two breeds).
@@ -127,8 +131,8 @@ def _rank_desc(values: np.ndarray, i: int) -> int:
 
 
 SCALINGS = ("metric", "entry")
-# A free unit whose |Pearson r| with a parameter of the named part metric reaches this on
-# generated images encodes that parameter itself: naming it is a discovery the planted map does
+# A free unit whose |within-class Pearson r| with a parameter of the named part metric reaches
+# this on generated images encodes that parameter itself: naming it is a discovery the planted map does
 # not list, not a false one. (With 500 images, |r| > 0.09 is already significant at p = 0.05;
 # 0.3 asks for a moderate, not a chance, association.)
 EXPLAINED_R = 0.3
@@ -462,32 +466,54 @@ def _generated_r(models: bundle_lib.ModelBundle, params: Any, z: jax.Array,
 
 
 def generated_representations(models: bundle_lib.ModelBundle, params: Any, *, key: jax.Array,
-                              n: int = 500, batch: int = 50) -> tuple[np.ndarray, np.ndarray]:
-  """R of class-balanced generated images (psi 1) and their true theta.
+                              n: int = 500, batch: int = 50
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """R of class-balanced generated images (psi 1), their true theta and their classes.
 
   At psi 1 the generator reproduces render(theta(z, c)), so theta is the true parameter of the
   image the classifier sees; how well a unit tracks it bounds what the link and the sweep can
   recover.
 
   Returns:
-    (r [n, R] float32, theta [n, THETA_DIM] float32).
+    (r [n, R] float32, theta [n, THETA_DIM] float32, class_idx [n] int32).
   """
   z, c = groundtruth.heldout_latents(key, n, models.z_dim)
   r = jobs.map_batches(functools.partial(_generated_r, models), params, z, c,
                        batch=min(batch, n), mesh=jobs.data_mesh(1))["r"]
   theta = np.asarray(world.theta_from_noise(jnp.asarray(world_noise(z)), jnp.asarray(c)))
-  return np.asarray(r, np.float32), theta
+  return np.asarray(r, np.float32), theta, np.asarray(c, np.int32)
 
 
-def unit_correlations(r: np.ndarray, theta: np.ndarray,
-                      names: Sequence[str]) -> dict[str, np.ndarray]:
-  """Pearson r of every unit with each named parameter: {name: [R]} (0 for a constant unit)."""
+def _centre(x: np.ndarray, class_idx: np.ndarray | None) -> np.ndarray:
+  """x [N, ...] minus its mean, per class when class_idx [N] is given."""
+  x = np.asarray(x, np.float64)
+  if class_idx is None:
+    return x - x.mean(axis=0)
+  out = x.copy()
+  for k in np.unique(class_idx):
+    sel = class_idx == k
+    out[sel] -= x[sel].mean(axis=0)
+  return out
+
+
+def unit_correlations(r: np.ndarray, theta: np.ndarray, names: Sequence[str],
+                      class_idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Pearson r of every unit with each named parameter: {name: [R]} (0 for a constant unit).
+
+  Args:
+    r: [N, R]; theta: [N, THETA_DIM]; names: parameters (`train_classifier.param_values`).
+    class_idx: [N] classes; given, both sides are centred per class first (the within-class
+      correlation): a unit that only tells the breeds apart does not count as encoding a
+      parameter in which the breeds differ. None: the pooled correlation.
+  """
   values = np.asarray(train_classifier.param_values(jnp.asarray(theta), tuple(names)),
                       np.float64)
-  rc = np.asarray(r, np.float64) - np.mean(r, axis=0)
+  cls = None if class_idx is None else np.asarray(class_idx)
+  rc = _centre(r, cls)
+  vc = _centre(values, cls)
   out = {}
   for k, name in enumerate(names):
-    v = values[:, k] - values[:, k].mean()
+    v = vc[:, k]
     denom = np.sqrt((rc * rc).sum(axis=0) * (v * v).sum())
     out[name] = np.where(denom > 0, rc.T @ v / np.where(denom > 0, denom, 1.0), 0.0)
   return out
@@ -575,11 +601,12 @@ def run(models: bundle_lib.ModelBundle, params: Any, *, pairs_dir: str | os.Path
   planted = tuple((int(u), str(p)) for u, p in planted)
   key = jax.random.key(seed)
   arrays = sweep_lib.load(sweep_dir)
-  r_gen, theta_gen = generated_representations(models, params, key=jax.random.fold_in(key, 201),
-                                               n=n_generated)
+  r_gen, theta_gen, c_gen = generated_representations(
+      models, params, key=jax.random.fold_in(key, 201), n=n_generated)
   targets = {PARAM_TARGETS[p] for _, p in planted}
   explaining = sorted({q for t in targets for q in explaining_params(*t)} | {p for _, p in planted})
-  corr = unit_correlations(r_gen, theta_gen, explaining)
+  corr = unit_correlations(r_gen, theta_gen, explaining, class_idx=c_gen)
+  pooled = unit_correlations(r_gen, theta_gen, explaining)
   rec = recover(arrays, planted, min_area, param_corr=corr)
   gen = train_classifier.planted_report(r_gen, theta_gen, planted)
   held = {int(e["unit"]): e for e in held_out}
@@ -588,8 +615,10 @@ def run(models: bundle_lib.ModelBundle, params: Any, *, pairs_dir: str | os.Path
       entry["r_generated"] = g["r"]
       entry["best_other_unit_generated"] = g["best_other_unit"]
       entry["best_other_r_generated"] = g["best_other_r"]
-      entry["other_units_r_above"] = int(np.sum(np.abs(corr[g["param"]]) >= EXPLAINED_R)) - int(
-          abs(g["r"]) >= EXPLAINED_R)
+      u, q = entry["unit"], g["param"]
+      entry["r_within_class_generated"] = float(corr[q][u])
+      for name, cc in (("other_units_r_above", corr), ("other_units_pooled_r_above", pooled)):
+        entry[name] = int(np.sum(np.abs(cc[q]) >= EXPLAINED_R)) - int(abs(cc[q][u]) >= EXPLAINED_R)
       h = held.get(entry["unit"])
       entry["r_heldout_renders"] = None if h is None else h["r"]
       rel = (segmenter_reliability or {}).get(entry["expected_part"], {})
@@ -632,7 +661,7 @@ def tables(summary: Mapping[str, Any]) -> tuple[str, str]:
   head = ["unit", "planted parameter", "expected", "top found (metric RMS)", "right",
           "rank of expected", "unit rank on expected", "top found (entry RMS)", "right",
           "unit rank on expected", "sparsity pct", "false disc. (explained)", "signed change",
-          "r renders", "r generated", "segmenter r"]
+          "r renders", "r generated (within breed)", "segmenter r"]
 
   def top(e):
     return f"{e['top_part']} {e['top_metric']}" if e["top_part"] else "none"
@@ -650,12 +679,14 @@ def tables(summary: Mapping[str, Any]) -> tuple[str, str]:
                  f"{e['false_discoveries']} ({e.get('explained_discoveries', 0)}) / "
                  f"{f['false_discoveries']} ({f.get('explained_discoveries', 0)})",
                  _f(e.get("signed_change"), "{:+.3f}"), _f(e.get("r_heldout_renders")),
-                 _f(e.get("r_generated")), _f(e.get("segmenter_r"))])
+                 f"{_f(e.get('r_generated'))} ({_f(e.get('r_within_class_generated'))})",
+                 _f(e.get("segmenter_r"))])
   notes = [f"Method's scaling (each metric / its RMS over units and parts): {rec['n_right']}/"
            f"{len(rec['planted'])} planted units named with the right part and metric "
            f"({rec['n_part_right']} with the right part), {rec['false_discoveries']} false "
            f"discoveries ({rec.get('explained_discoveries', 0)} more free units named alike "
-           f"encode a parameter of that part metric, |r| >= {EXPLAINED_R}). Entry scaling "
+           "encode a parameter of that part metric: within-class |r| >= "
+           f"{EXPLAINED_R} on generated images). Entry scaling "
            f"(each part metric / its RMS over units): {ent['n_right']}/{len(ent['planted'])} "
            f"right ({ent['n_part_right']} right part), {ent['false_discoveries']} false "
            f"discoveries ({ent.get('explained_discoveries', 0)} explained). False discoveries: "
