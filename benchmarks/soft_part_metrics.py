@@ -86,7 +86,7 @@ def main(argv):
                        mesh=jobs.data_mesh(1))
   names = list(models.label_names[1:])
   valid = (d["hard_area"][:, 1:] >= _MIN_AREA.value) & (d["true_area"] >= _MIN_AREA.value)
-  result = {"n": _N.value, "min_area": _MIN_AREA.value, "parts": {}}
+  result = {"n": _N.value, "min_part_area_px": _MIN_AREA.value, "parts": {}}
   for i, part in enumerate(names):
     sel = valid[:, i]
     row = {"n": int(sel.sum())}
