@@ -15,9 +15,9 @@ units' image strips), DIR/report.html (the validation first).
 from absl import flags, logging
 
 from linkjax import cli
-from linkjax.miniworld import validate
+from linkjax.miniworld import validate_benchmark
 
-_D = validate.BenchmarkConfig()
+_D = validate_benchmark.BenchmarkConfig()
 _OUT = flags.DEFINE_string("out", None, "Output directory (a demo run directory).", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a previous run with other settings "
                                "in --out instead of refusing.")
@@ -51,14 +51,14 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  cfg = validate.BenchmarkConfig(
+  cfg = validate_benchmark.BenchmarkConfig(
       classifier=_CLASSIFIER.value, generator=_GENERATOR.value, segmenter=_SEGMENTER.value,
       seed=_SEED.value, pairs_per_class=_PAIRS.value, units=_UNITS.value,
       samples_per_class=_SPC.value,
       steps=_STEPS.value, chunk=_CHUNK.value, orig=_ORIG.value, target=_TARGET.value,
       cf_pairs=_CF_PAIRS.value, cf_max_steps=_CF_STEPS.value)
   logging.warning("out=%s config=%s", _OUT.value, cfg)
-  validate.run_benchmark(cfg, _OUT.value, overwrite=_OVERWRITE.value,
+  validate_benchmark.run_benchmark(cfg, _OUT.value, overwrite=_OVERWRITE.value,
                          log=lambda line: print(line, flush=True))
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from linkjax import demo, miniworld, quantify
-from linkjax.miniworld import validate
+from linkjax.miniworld import truth as truth_lib
+from linkjax.miniworld import validate, validate_benchmark
 
 PARTS = list(miniworld.PART_NAMES[1:])  # leg, body, tail, tongue, eye, nose, snout, ear, head
 M = len(quantify.METRIC_NAMES)
@@ -171,7 +172,7 @@ def test_breed_differences_and_rank_agreement():
   b[:, 0, quantify.AREA] *= 2.0   # part 0: area doubles
   b[:, 2, quantify.AREA] *= 1.25  # part 2: a quarter larger
   b[:, 1, 1] -= 0.3               # part 1: darker
-  d = validate.breed_differences(a, b)
+  d = truth_lib.breed_differences(a, b)
   np.testing.assert_allclose(d["relative"][:, quantify.AREA], [1.0, 0.0, 0.25], atol=1e-9)
   np.testing.assert_allclose(d["signed"][1, 1], -0.3, atol=1e-9)
   np.testing.assert_allclose(d["relative"][1, 1], 0.3, atol=1e-9)
@@ -295,11 +296,11 @@ def test_benchmark_on_a_tiny_run(tmp_path):
   record["planted"] = [{"unit": 3, "param": "ear_len", "r": 0.5},
                        {"unit": 5, "param": "body_luminance", "r": 0.5}]
   (clf / "metrics.json").write_text(json.dumps(record))
-  cfg = validate.BenchmarkConfig(classifier=str(clf), pairs_per_class=12, units="0-7",
+  cfg = validate_benchmark.BenchmarkConfig(classifier=str(clf), pairs_per_class=12, units="0-7",
                                  samples_per_class=1, chunk=16, cf_pairs=1, cf_max_steps=20,
                                  quality_images=20, render_images=20)
   log: list[str] = []
-  summary = validate.run_benchmark(cfg, tmp_path / "run", log=log.append)
+  summary = validate_benchmark.run_benchmark(cfg, tmp_path / "run", log=log.append)
   out = tmp_path / "run" / "validate"
   v = json.loads((out / "validation.json").read_text())
   assert [e["unit"] for e in v["recovery"]["planted"]] == [3, 5]
@@ -317,5 +318,5 @@ def test_benchmark_on_a_tiny_run(tmp_path):
                                                "luminance_boundary"}
   assert not (tmp_path / "run" / "similarity").exists()  # the benchmark's stages only
   again: list[str] = []
-  validate.run_benchmark(cfg, tmp_path / "run", log=again.append)
-  assert all(f"[{s}] already done" in "\n".join(again) for s in validate.BENCHMARK_STAGES)
+  validate_benchmark.run_benchmark(cfg, tmp_path / "run", log=again.append)
+  assert all(f"[{s}] already done" in "\n".join(again) for s in validate_benchmark.BENCHMARK_STAGES)

@@ -7,7 +7,7 @@ link, unit sweeps, label-change vectors, counterfactuals -- knows nothing of thi
 what it reports against the planted answer:
 
 Recovery of planted units (from a finished sweep over all units).
-  * A parameter's *expected* (part, metric) is `PARAM_TARGETS[param]`: a length or size shows
+  * A parameter's *expected* (part, metric) is `truth_lib.PARAM_TARGETS[param]`: a length or size shows
     up as the area of its part (ear_len -> ear area, ...), the body's luminance as the body's
     luminance.
   * A unit's label-change vector is the median over samples of |change| of every part metric
@@ -64,13 +64,11 @@ images (psi 1, where the true parameter of G(z, c) is known).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import html
 import math
 import os
 import pathlib
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -84,23 +82,8 @@ from linkjax import bundle as bundle_lib
 from linkjax import files, jobs, pairs, quantify, sweep as sweep_lib, unit_analysis
 from linkjax import miniworld as world
 from linkjax.miniworld import groundtruth, train_classifier
+from linkjax.miniworld import truth as truth_lib
 
-# The part and metric a planted parameter should change when its unit is swept.
-PARAM_TARGETS: dict[str, tuple[str, str]] = {
-    "ear_len": ("ear", "area"), "ear_w": ("ear", "area"),
-    "tail_len": ("tail", "area"), "tail_w": ("tail", "area"),
-    "leg_len": ("leg", "area"), "leg_w": ("leg", "area"),
-    "head_r": ("head", "area"),
-    "body_len": ("body", "area"), "body_h": ("body", "area"),
-    "snout_len": ("snout", "area"), "snout_h": ("snout", "area"),
-    "eye_r": ("eye", "area"), "nose_r": ("nose", "area"),
-    "tongue_len": ("tongue", "area"), "tongue_w": ("tongue", "area"),
-    "body_val": ("body", "luminance"), "body_luminance": ("body", "luminance"),
-    "snout_light": ("snout", "luminance"), "nose_val": ("nose", "luminance"),
-    "eye_val": ("eye", "luminance"), "tongue_val": ("tongue", "luminance"),
-    "ear_angle": ("ear", "angle"), "tail_angle": ("tail", "angle"),
-    "pattern_amp": ("body", "entropy"),
-}
 BOUNDARY_METRICS = ("area", "luminance")
 TOP_K = 3
 PLANTED_DIR = pathlib.Path(__file__).resolve().parent / "weights" / "classifier_planted"
@@ -114,14 +97,14 @@ def expected_target(param: str, part_names: Sequence[str]) -> tuple[int, int]:
   """(part index, metric index) a planted parameter should change.
 
   Args:
-    param: a key of `PARAM_TARGETS`.
+    param: a key of `truth_lib.PARAM_TARGETS`.
     part_names: the L part names of the sweep (background excluded).
   Returns:
     (l, m): indices into the parts and `quantify.METRIC_NAMES`.
   """
-  if param not in PARAM_TARGETS:
-    raise ValueError(f"no expected part/metric for {param!r}; known: {sorted(PARAM_TARGETS)}")
-  part, metric = PARAM_TARGETS[param]
+  if param not in truth_lib.PARAM_TARGETS:
+    raise ValueError(f"no expected part/metric for {param!r}; known: {sorted(truth_lib.PARAM_TARGETS)}")
+  part, metric = truth_lib.PARAM_TARGETS[param]
   return list(part_names).index(part), quantify.METRIC_NAMES.index(metric)
 
 
@@ -157,8 +140,8 @@ def scale_vectors(vectors: Any, scaling: str = "metric") -> np.ndarray:
 
 
 def explaining_params(part: str, metric: str) -> tuple[str, ...]:
-  """The parameters whose expected part metric is (part, metric) (`PARAM_TARGETS`)."""
-  return tuple(p for p, t in PARAM_TARGETS.items() if t == (part, metric))
+  """The parameters whose expected part metric is (part, metric) (`truth_lib.PARAM_TARGETS`)."""
+  return tuple(p for p, t in truth_lib.PARAM_TARGETS.items() if t == (part, metric))
 
 
 def score_units(vectors: Any, units: Sequence[int], planted: Sequence[tuple[int, str]],
@@ -293,49 +276,6 @@ def boundary_change(part_metrics: Any, boundary: int) -> np.ndarray:
   return pm
 
 
-def breed_differences(metrics_a: Any, metrics_b: Any) -> dict[str, np.ndarray]:
-  """How two breeds differ part by part, measured on renders with exact masks.
-
-  Args:
-    metrics_a, metrics_b: [N, L, M] part metrics of renders of breed a and breed b.
-  Returns:
-    {'signed': [L, M] mean_b / mean_a - 1 for area (absent parts counting as area 0), mean_b -
-     mean_a for the others (over images holding the part); 'relative': its absolute value;
-     'cohen_d': [L, M] |mean_b - mean_a| / pooled std}.
-  """
-  a = np.asarray(metrics_a, np.float64)
-  b = np.asarray(metrics_b, np.float64)
-  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-    warnings.simplefilter("ignore", RuntimeWarning)  # parts absent from every image: NaN
-    ma, mb = np.nanmean(a, axis=0), np.nanmean(b, axis=0)
-    signed = mb - ma
-    signed[:, quantify.AREA] = mb[:, quantify.AREA] / np.maximum(ma[:, quantify.AREA], 1.0) - 1.0
-    pooled = np.sqrt(0.5 * (np.nanvar(a, axis=0) + np.nanvar(b, axis=0)))
-    d = np.where(pooled > 0, np.abs(mb - ma) / np.where(pooled > 0, pooled, 1.0), np.nan)
-  return {"signed": signed, "relative": np.abs(signed), "cohen_d": d}
-
-
-def parameter_differences(class_a: int, class_b: int, top: int = 8) -> list[dict[str, Any]]:
-  """The renderer parameters that separate two breeds most (for the record).
-
-  The separation of parameter i is |m_b - m_a| / s in the renderer's tanh-logit units (class
-  means m, within-class spread s: `render._class_tables`).
-
-  Returns:
-    the `top` parameters, largest first: {'param', 'separation', 'part', 'metric'} (part and
-    metric from `PARAM_TARGETS`, None where the parameter has no single part metric).
-  """
-  render_mod = sys.modules[world.render.__module__]
-  means, spread = render_mod._class_tables()  # noqa: SLF001 - the world's own tables
-  sep = np.abs(means[class_b] - means[class_a]) / spread
-  out = []
-  for i in np.argsort(-sep)[:top]:
-    name = world.PARAM_NAMES[i]
-    part, metric = PARAM_TARGETS.get(name, (None, None))
-    out.append({"param": name, "separation": float(sep[i]), "part": part, "metric": metric})
-  return out
-
-
 def rank_agreement(method: Any, truth: Any, names: Sequence[str], k: int = TOP_K
                    ) -> dict[str, Any]:
   """How well a ranking of parts by the method's changes matches the true ranking.
@@ -414,8 +354,8 @@ def boundary_check(cf_dir: str | os.PathLike, part_names: Sequence[str], *, key:
   truth_metrics = []
   for k, c in enumerate((a, b)):
     theta = world.sample_theta(jax.random.fold_in(key, k), np.full((n_renders,), c, np.int32))
-    truth_metrics.append(_render_metrics(np.asarray(theta), batch))
-  diff = breed_differences(*truth_metrics)
+    truth_metrics.append(truth_lib.render_metrics(np.asarray(theta), batch))
+  diff = truth_lib.breed_differences(*truth_metrics)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     empty = np.full((n_l, n_m), np.nan)
@@ -439,19 +379,7 @@ def boundary_check(cf_dir: str | os.PathLike, part_names: Sequence[str], *, key:
   return {"orig_class": a, "target_class": b, "orig_name": world.CLASS_NAMES[a],
           "target_name": world.CLASS_NAMES[b], "n_paths": len(changes),
           "n_searches": len(summary["pairs"]), "per_metric": per_metric,
-          "parameters": parameter_differences(a, b), "n_renders_per_breed": n_renders}
-
-
-@functools.partial(jax.jit, static_argnames="n_labels")
-def _true_metrics(theta: jax.Array, n_labels: int) -> jax.Array:
-  images, masks = world.render(theta)
-  return quantify.part_metrics(images, masks, n_labels=n_labels)
-
-
-def _render_metrics(theta: np.ndarray, batch: int) -> np.ndarray:
-  """Part metrics [N, L, M] of renders of theta [N, THETA_DIM] with their exact masks."""
-  return jobs.map_batches(lambda _, t: _true_metrics(t, len(world.PART_NAMES)), (), theta,
-                          batch=min(batch, len(theta)), mesh=jobs.data_mesh(1))
+          "parameters": truth_lib.parameter_differences(a, b), "n_renders_per_breed": n_renders}
 
 
 # -------------------------------------------------------------------- planted units on G(z, c)
@@ -603,7 +531,7 @@ def run(models: bundle_lib.ModelBundle, params: Any, *, pairs_dir: str | os.Path
   arrays = sweep_lib.load(sweep_dir)
   r_gen, theta_gen, c_gen = generated_representations(
       models, params, key=jax.random.fold_in(key, 201), n=n_generated)
-  targets = {PARAM_TARGETS[p] for _, p in planted}
+  targets = {truth_lib.PARAM_TARGETS[p] for _, p in planted}
   explaining = sorted({q for t in targets for q in explaining_params(*t)} | {p for _, p in planted})
   corr = unit_correlations(r_gen, theta_gen, explaining, class_idx=c_gen)
   pooled = unit_correlations(r_gen, theta_gen, explaining)
@@ -739,74 +667,3 @@ def tables(summary: Mapping[str, Any]) -> tuple[str, str]:
       md += [f"### {title}", "", md_table(h, rs), ""]
       ht += [f"<h4>{html.escape(title)}</h4>", html_table(h, rs)]
   return "\n".join(md), "\n".join(ht)
-
-
-# ------------------------------------------------------------------------- the benchmark
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BenchmarkConfig:
-  """The recovery benchmark (flags of experiments/validate.py).
-
-  Attributes:
-    classifier: the classifier with planted units (default: the shipped classifier_planted).
-    generator, segmenter: None: the built-in world's.
-    seed: seed of every random choice.
-    pairs_per_class: correctly classified pairs per class.
-    units: units of R swept ('all': the benchmark; the planted units must be among them).
-    samples_per_class: base samples per class of the sweep.
-    steps: values per unit in the sweep.
-    chunk: images per compiled sweep call.
-    orig, target: the breeds of the boundary check's counterfactuals.
-    cf_pairs: counterfactual searches.
-    cf_max_steps: maximum steps per search.
-    quality_images, render_images: the world stage's generated images and renders.
-  """
-  classifier: str | None = None
-  generator: str | None = None
-  segmenter: str | None = None
-  seed: int = 0
-  pairs_per_class: int = 300
-  units: str = "all"
-  samples_per_class: int = 2
-  steps: int = 2
-  chunk: int = 64
-  orig: int = BOUNDARY_PAIR[0]
-  target: int = BOUNDARY_PAIR[1]
-  cf_pairs: int = 6
-  cf_max_steps: int = 300
-  quality_images: int = 200
-  render_images: int = 1000
-
-
-# The demo stages the benchmark runs (the others -- similarity, cycle, units, relevance -- do not
-# enter the scores).
-BENCHMARK_STAGES = ("world", "pairs", "link", "sweep", "counterfactual", "validate")
-
-
-def demo_config(cfg: BenchmarkConfig) -> Any:
-  """The demo settings of the benchmark: the demo's stages with the planted classifier."""
-  from linkjax import demo  # noqa: PLC0415 - the demo's stages import this module
-
-  return demo.make_config(
-      classifier=str(cfg.classifier or PLANTED_DIR), generator=cfg.generator,
-      segmenter=cfg.segmenter, world=True, seed=cfg.seed, lpips=False,
-      pairs={"per_class": cfg.pairs_per_class},
-      world_stage={"quality_images": cfg.quality_images, "render_images": cfg.render_images},
-      sweep={"units": cfg.units, "samples_per_class": cfg.samples_per_class, "steps": cfg.steps,
-             "chunk": cfg.chunk, "strip_top": 0},
-      counterfactual={"orig": cfg.orig, "target": cfg.target, "pairs": cfg.cf_pairs,
-                      "max_steps": cfg.cf_max_steps})
-
-
-def run_benchmark(cfg: BenchmarkConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                  log: Any = print) -> dict[str, Any]:
-  """pairs -> link -> sweep (all units) -> counterfactual -> scores, as demo stages in `out_dir`.
-
-  The directory is a demo run (same layout; a rerun resumes, and `experiments.demo` with the
-  same settings finds these stages done). Returns the demo summary (with 'validation').
-  """
-  from linkjax import demo  # noqa: PLC0415
-
-  return demo.run_demo(demo_config(cfg), out_dir, overwrite=overwrite, log=log,
-                       only=BENCHMARK_STAGES)
