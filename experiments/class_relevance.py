@@ -25,8 +25,7 @@ _DELTA = flags.DEFINE_enum("delta", "max_drop", list(unit_analysis.DELTA_MODES),
 
 def main(argv):
   del argv
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   out = unit_report.run_relevance(_SWEEP.value, _OUT.value, threshold=_THRESHOLD.value,
                                   mode=_DELTA.value)
   logging.info("class-relevant units per class: %s", out["relevant_per_class"])

@@ -81,7 +81,7 @@ flags.DEFINE_bool("lpips", _D.lpips, "Compute the LPIPS perceptual distance alon
 
 def main(argv):
   del argv
-  logging.info("flags: %s", {f.name: f.value for f in FLAGS.get_key_flags_for_module(__name__)})
+  cli.log_flags(__name__)
   cfg = cf.ExperimentConfig(
       orig_class=FLAGS.orig_class, target_class=FLAGS.target_class, n_samples=FLAGS.n_samples,
       seed=FLAGS.seed, n_frames=FLAGS.n_frames, max_points=FLAGS.max_points, lpips=FLAGS.lpips,

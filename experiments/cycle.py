@@ -35,8 +35,7 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (cycle.csv, summary.js
 
 def main(argv):
   del argv
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   models, params = bundle.ModelBundle.load(generator=_GENERATOR.value,
                                            classifier=_CLASSIFIER.value)
   config = cycle.CycleConfig(n=_N.value, seed=_SEED.value, batch=_BATCH.value,

@@ -98,8 +98,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Stage lines and progress bars are printed; library logs (orbax, JAX) only when asked for.
     logging.set_verbosity(logging.WARNING)
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   fields = {
       "generator": _GENERATOR.value, "classifier": _CLASSIFIER.value,
       "segmenter": _SEGMENTER.value, "world": _WORLD.value, "seed": _SEED.value,

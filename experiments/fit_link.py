@@ -29,8 +29,7 @@ _BATCH = flags.DEFINE_integer("batch", _D.batch, "MLP minibatch size (--model=ml
 
 def main(argv):
   del argv
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   config = link.LinkConfig(model=_MODEL.value, alpha=_ALPHA.value, holdout=_HOLDOUT.value,
                            seed=_SEED.value, hidden=tuple(int(h) for h in _HIDDEN.value),
                            steps=_STEPS.value, lr=_LR.value, batch=_BATCH.value)

@@ -47,8 +47,7 @@ cli.define_distributed_flags()
 def main(argv):
   del argv
   cli.initialize_distributed()
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   config = pairs.PairConfig(classes=tuple(int(c) for c in _CLASSES.value),
                             n_per_class=_N_PER_CLASS.value, seed=_SEED.value, batch=_BATCH.value,
                             psi=_PSI.value, keep=_KEEP.value,

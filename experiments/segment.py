@@ -28,8 +28,7 @@ _GRID_MAX = flags.DEFINE_integer("grid_max", 32, "At most this many samples in o
 
 def main(argv):
   del argv
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   models, params = bundle.ModelBundle.load(generator=_GENERATOR.value, segmenter=_SEGMENTER.value)
   g = models.generator_config
   ws = sampling.read_ws(_SAMPLES.value, g.num_ws, g.w_dim)

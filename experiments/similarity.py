@@ -25,8 +25,7 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (created if needed).",
 
 def main(argv):
   del argv
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   config = similarity.SimilarityConfig(repeats=_REPEATS.value, n_classes=_N_CLASSES.value,
                                        n_per_class=_N_PER_CLASS.value, n_init=_N_INIT.value,
                                        seed=_SEED.value)

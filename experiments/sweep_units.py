@@ -73,8 +73,7 @@ cli.define_distributed_flags()
 def main(argv):
   del argv
   cli.initialize_distributed()
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   config = sweep.SweepConfig(
       units=_UNITS.value, samples_per_class=_SAMPLES.value, steps=_STEPS.value,
       chunk=_CHUNK.value, shard_size=_SHARD_SIZE.value, range_from=_RANGE_FROM.value,

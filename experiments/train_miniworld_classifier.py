@@ -2,6 +2,12 @@
 
   python -m experiments.train_miniworld_classifier --out=linkjax/miniworld/weights/classifier
 
+The classifier with planted units (the planted-truth validation's, `experiments.validate`):
+
+  python -m experiments.train_miniworld_classifier \
+      --out=linkjax/miniworld/weights/classifier_planted --steps=1500 --planted_weight=8 \
+      --planted=40:ear_len,120:tail_len,200:leg_len,280:head_r,360:body_luminance,440:eye_r
+
 Writes a `linkjax.checkpoint` directory (load with `linkjax.checkpoint.load(out, 'resnet')`)
 with `metrics.json` (held-out accuracy, training time, config, seed) beside it.
 """
@@ -41,15 +47,28 @@ _BLUR = flags.DEFINE_float("blur_sigma_max", _DEFAULTS.blur_sigma_max,
                            "Training renders get a Gaussian blur of sigma ~ U(0, this) pixels.")
 _NOISE = flags.DEFINE_float("noise_std", _DEFAULTS.noise_std,
                             "Std of Gaussian pixel noise added to training renders.")
+_PLANTED = flags.DEFINE_string(
+    "planted", "", "Planted units: comma-separated UNIT:PARAM entries (e.g. "
+    "'40:ear_len,360:body_luminance'); each unit of R is trained to encode its parameter (an "
+    "extra MSE loss on r[:, UNIT] against the parameter's z-score mapped to mean "
+    f"{train_classifier.PLANTED_TARGET_MEAN}, std {train_classifier.PLANTED_TARGET_STD}). PARAM "
+    "is a renderer parameter (linkjax.miniworld.PARAM_NAMES) or 'body_luminance'. Empty: a "
+    "plain classifier.")
+_PLANTED_WEIGHT = flags.DEFINE_float("planted_weight", _DEFAULTS.planted_weight,
+                                     "Weight of the planted units' mean squared error in the "
+                                     "loss (classification loss has weight 1).")
 
 
 def main(argv):
   del argv
   config = train_classifier.TrainConfig(
-      family=_FAMILY.value, r_layer=_R_LAYER.value, width=_WIDTH.value, stage_sizes=tuple(int(s) for s in _STAGES.value), steps=_STEPS.value,
+      family=_FAMILY.value, r_layer=_R_LAYER.value, width=_WIDTH.value,
+      stage_sizes=tuple(int(s) for s in _STAGES.value), steps=_STEPS.value,
       batch_size=_BATCH.value, learning_rate=_LR.value, warmup_steps=_WARMUP.value,
       weight_decay=_WD.value, eval_images=_EVAL.value, log_every=_LOG_EVERY.value,
-      blur_sigma_max=_BLUR.value, noise_std=_NOISE.value)
+      blur_sigma_max=_BLUR.value, noise_std=_NOISE.value,
+      planted=train_classifier.parse_planted(_PLANTED.value),
+      planted_weight=_PLANTED_WEIGHT.value)
   logging.info("out=%s seed=%d config=%s", _OUT.value, _SEED.value, config)
   train_classifier.train_and_save(config, _OUT.value, seed=_SEED.value, log_fn=logging.info)
 

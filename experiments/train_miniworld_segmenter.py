@@ -45,6 +45,20 @@ _LAYERS = flags.DEFINE_enum("feature_layers", _DEFAULTS.feature_layers,
                             sorted(train_segmenter.FEATURE_LAYER_RULES),
                             "Generator layers the features come from: all synthesis layers but "
                             "ToRGB, or the reference's every second layer.")
+_HEAD = flags.DEFINE_enum("head", _DEFAULTS.head, segmenter.HEADS,
+                          "dense: the reference's head of --size (the first 3x3 convolution "
+                          "reads every feature channel); projected: each feature layer first "
+                          "goes through its own 1x1 projection to --proj_channels channels at "
+                          "its own resolution, then the 3x3 stack of --dilations / --widths.")
+_PROJ = flags.DEFINE_integer("proj_channels", _DEFAULTS.proj_channels,
+                             "Projected head: output channels of each feature layer's 1x1 "
+                             "projection.")
+_DILATIONS = flags.DEFINE_list("dilations", [str(d) for d in _DEFAULTS.dilations],
+                               "Projected head: dilation of each 3x3 convolution, "
+                               "comma-separated.")
+_WIDTHS = flags.DEFINE_list("widths", [str(w) for w in _DEFAULTS.widths],
+                            "Projected head: output channels of every 3x3 convolution but the "
+                            "last (one fewer than --dilations), comma-separated.")
 _EVAL = flags.DEFINE_integer("eval_images", _DEFAULTS.eval_images,
                              "Held-out generated images (psi 1) for the mean IoU.")
 
@@ -55,7 +69,9 @@ def main(argv):
       n_per_class=_N_PER_CLASS.value, size=_SIZE.value, resolution=_RESOLUTION.value,
       epochs=_EPOCHS.value, step_epochs=_STEP_EPOCHS.value, lr=_LR.value,
       weight_decay=_WD.value, eval_images=_EVAL.value, crop_margins=_CROP.value,
-      feature_layers=_LAYERS.value)
+      feature_layers=_LAYERS.value, head=_HEAD.value, proj_channels=_PROJ.value,
+      dilations=tuple(int(d) for d in _DILATIONS.value),
+      widths=tuple(int(w) for w in _WIDTHS.value))
   logging.info("generator=%s out=%s seed=%d config=%s", _GENERATOR.value, _OUT.value,
                _SEED.value, config)
   train_segmenter.train_and_save(_GENERATOR.value, _OUT.value, config, seed=_SEED.value,

@@ -46,8 +46,7 @@ _CROP = flags.DEFINE_bool("crop_margins", False, "Crop each feature layer's Styl
 
 def main(argv):
   del argv
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   generator = checkpoint.load(_GENERATOR.value, role="generator")
   ws = sampling.read_ws(_SAMPLES.value, generator.config.num_ws, generator.config.w_dim)
   indices, mask_arr = masks.load_masks(_MASKS.value, n=ws.shape[0])

@@ -27,8 +27,7 @@ _PERPLEXITY = flags.DEFINE_float("perplexity", _D.perplexity, "t-SNE perplexity 
 
 def main(argv):
   del argv
-  logging.info("flags: %s", {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(
-      __name__)})
+  cli.log_flags(__name__)
   out = unit_report.run_units(_SWEEP.value, _OUT.value, unit_report.UnitsConfig(
       min_area=_MIN_AREA.value, n_clusters=_CLUSTERS.value, seed=_SEED.value,
       perplexity=_PERPLEXITY.value))

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from linkjax import jobs
 
@@ -104,3 +104,9 @@ def require(alternative: str, **values: Any) -> None:
   missing = [f"--{k}" for k, v in values.items() if not v]
   if missing:
     raise ValueError(f"{', '.join(missing)} required (or {alternative})")
+
+
+def log_flags(module_name: str) -> None:
+  """Logs the values of the flags a binary defines (its run's arguments, for the log)."""
+  logging.info("flags: %s", {f.name: f.value
+                             for f in flags.FLAGS.get_key_flags_for_module(module_name)})

@@ -9,7 +9,7 @@ the generator's features of the labelled samples once and trains.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -40,7 +40,9 @@ def train_segmenter(key: jax.Array, features: jax.Array | np.ndarray, masks: jax
                     n_labels: int, size: str = "S", epochs: int = 100, lr: float = 1e-3,
                     weight_decay: float = 1e-3, step_epochs: int = 50,
                     feature_layers: Sequence[str] = (), label_names: Sequence[str] = (),
-                    feature_margins: Sequence[int] = ()) -> tuple[seg.FewShotSegmenter, np.ndarray]:
+                    feature_margins: Sequence[int] = (),
+                    head: Mapping[str, Any] | None = None
+                    ) -> tuple[seg.FewShotSegmenter, np.ndarray]:
   """Trains a segmenter head on precomputed features of a few labelled images.
 
   Every epoch visits the images in a new random order (key `fold_in(fold_in(key, 1), epoch)`),
@@ -60,6 +62,10 @@ def train_segmenter(key: jax.Array, features: jax.Array | np.ndarray, masks: jax
     feature_layers: generator layer names of the features, stored in the config.
     label_names: label names stored in the config.
     feature_margins: the margins `features` were cropped with, stored in the config.
+    head: further `SegmenterConfig` fields of the head (`head`, `feature_channels`,
+      `proj_channels`, `dilations`, `widths`); None: the reference's dense head of `size`. A
+      projected head is trained through `head` (projection after the resize), which equals its
+      inference path.
   Returns:
     (trained model, per-epoch mean training loss [epochs] float32).
   """
@@ -76,7 +82,9 @@ def train_segmenter(key: jax.Array, features: jax.Array | np.ndarray, masks: jax
   config = seg.SegmenterConfig(in_channels=channels, n_labels=n_labels, size=size,
                            feature_layers=tuple(feature_layers), resolution=res,
                            label_names=tuple(label_names),
-                           feature_margins=tuple(int(m) for m in feature_margins))
+                           feature_margins=tuple(int(m) for m in feature_margins),
+                           **{k: (v if isinstance(v, str) else tuple(int(x) for x in v))
+                              for k, v in (head or {}).items()})
   model = seg.FewShotSegmenter(config, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
   graphdef, params = nnx.split(model)
   hparams = (float(lr), float(weight_decay), n * step_epochs)
@@ -147,6 +155,7 @@ def train_on_generator(key: jax.Array, generator: nnx.Module, ws: np.ndarray, ma
                        label_names: Sequence[str], size: str = "S", epochs: int = 100,
                        resolution: int = 128, batch_size: int = 4, crop_margins: bool = False,
                        feature_layers: Sequence[str] | None = None,
+                       head: Mapping[str, Any] | None = None,
                        **train_kwargs: Any) -> tuple[seg.FewShotSegmenter, np.ndarray]:
   """Extracts the feature layers of the labelled samples once, then trains a head.
 
@@ -163,6 +172,8 @@ def train_on_generator(key: jax.Array, generator: nnx.Module, ws: np.ndarray, ma
     crop_margins: crop each layer's StyleGAN3 margins before the resize (`stylegan_margins`);
       False keeps the reference's whole-map resize.
     feature_layers: generator layers of the features; None: `reference_feature_layers`.
+    head: head fields for `train_segmenter`; `feature_channels` is filled in from the
+      generator's feature maps when a projected head leaves it out.
     **train_kwargs: lr, weight_decay, step_epochs for `train_segmenter`.
   Returns:
     (model, per-epoch loss [epochs]).
@@ -174,7 +185,18 @@ def train_on_generator(key: jax.Array, generator: nnx.Module, ws: np.ndarray, ma
   layers = (seg.reference_feature_layers(generator.layer_names) if feature_layers is None
             else tuple(feature_layers))
   margins = seg.stylegan_margins(generator.config, layers) if crop_margins else ()
+  head = dict(head or {})
+  if head.get("head") == "projected" and not head.get("feature_channels"):
+    head["feature_channels"] = feature_channels(generator, layers)
   feats = extract_features(generator, ws, layers, resolution, batch_size, margins)
   return train_segmenter(key, feats, masks, len(label_names), size=size, epochs=epochs,
                          feature_layers=layers, label_names=label_names,
-                         feature_margins=margins, **train_kwargs)
+                         feature_margins=margins, head=head, **train_kwargs)
+
+
+def feature_channels(generator: nnx.Module, layer_names: Sequence[str]) -> tuple[int, ...]:
+  """Channels of the generator's named feature maps (shapes only, no compute)."""
+  cfg = generator.config
+  ws = jax.ShapeDtypeStruct((1, cfg.num_ws, cfg.w_dim), jnp.float32)
+  _, feats = jax.eval_shape(lambda w: generator.synthesis(w, return_features=True), ws)
+  return tuple(int(f.shape[1]) for f in seg.select_features(feats, layer_names))

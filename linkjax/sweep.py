@@ -479,7 +479,8 @@ def save_strips(out_dir: str | os.PathLike, models: Any, params: Any, r_samples:
     images = np.concatenate(images).reshape(picked.size, steps, *images[0].shape[1:])
     files.write_npz(strip_dir / f"unit_{int(unit):04d}.npz",
                     {"images": images, "values": values[unit], "sample_idx": sample_ids[picked]})
-    grid = np.concatenate(np.concatenate(images, axis=2), axis=0)  # [rows*H, steps*W, 3]
+    n_r, n_k, h, w = images.shape[:4]  # rows = samples, columns = steps
+    grid = images.transpose(0, 2, 1, 3, 4).reshape(n_r * h, n_k * w, 3)
     files.write_atomic(png, lambda f, g=grid: Image.fromarray(g).save(f, format="PNG"))
   return written
 

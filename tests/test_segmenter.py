@@ -1,4 +1,5 @@
 """Few-shot segmenter: feature selection and resize rule, dilated head, training, checkpoints."""
+import json
 import subprocess
 import sys
 
@@ -240,6 +241,7 @@ def test_training_learns_linearly_encoded_masks(tmp_path):
 class _FakeConfig:
   layer_names = ("input", "L0_8_4", "L1_8_4", "L2_12_4", "L3_12_3")
   num_ws = 2
+  w_dim = 6
 
 
 class _FakeGenerator(nnx.Module):
@@ -391,3 +393,136 @@ def test_training_loop_equals_a_scanned_reference():
                                       jax.tree.leaves(ref_params))])
   assert np.mean(d > 1e-6) < 1e-3, (np.sum(d > 1e-6), d.size)
   assert d.max() < 1e-4, d.max()
+
+
+# --- the projected head (per-layer 1x1 projections at each map's resolution) -----------------
+
+
+def _projected_config(**kw):
+  fields = dict(in_channels=9, n_labels=3, resolution=32, feature_layers=("a", "b", "c"),
+                feature_margins=(2, 2, 0), head="projected", feature_channels=(4, 3, 2),
+                proj_channels=(2, 3, 1), dilations=(1, 2, 1), widths=(6, 5))
+  return seg.SegmenterConfig(**(fields | kw))
+
+
+def _projected_maps(rng, batch=2):
+  # a 16-rate map with 2-pixel margins (x2), a 32-rate one with margins, one at the output size
+  return [jnp.asarray(rng.normal(size=s).astype(np.float32))
+          for s in [(batch, 4, 20, 20), (batch, 3, 36, 36), (batch, 2, 32, 32)]]
+
+
+def _stack_f64(model, x):
+  """The 3x3 stack in float64 numpy: 'same' zero padding, LeakyReLU between convolutions."""
+  for i, conv in enumerate(model.layers):
+    if i:
+      x = np.where(x >= 0, x, seg.LEAKY_SLOPE * x)
+    d = conv.kernel_dilation[0]
+    w = np.asarray(conv.kernel[...], np.float64)
+    xp = np.pad(x, ((0, 0), (d, d), (d, d), (0, 0)))
+    h, wd = x.shape[1:3]
+    out = np.zeros(x.shape[:3] + (w.shape[-1],)) + np.asarray(conv.bias[...], np.float64)
+    for ky in range(3):
+      for kx in range(3):
+        out += xp[:, ky * d:ky * d + h, kx * d:kx * d + wd] @ w[ky, kx]
+    x = out
+  return x
+
+
+def test_projected_head_equals_projection_after_the_resize():
+  cfg = _projected_config()
+  model = seg.FewShotSegmenter(cfg, rngs=nnx.Rngs(3))
+  assert [lin.kernel.shape for lin in model.proj] == [(4, 2), (3, 3), (2, 1)]
+  assert [c.kernel.shape for c in model.layers] == [(3, 3, 6, 6), (3, 3, 6, 5), (3, 3, 5, 3)]
+  maps = _projected_maps(np.random.default_rng(0))
+  # independent reference in float64: crop, integer nearest resize, then each 1x1 projection
+  parts = []
+  for f, m, lin in zip(maps, cfg.feature_margins, model.proj):
+    f = np.asarray(f, np.float64)[:, :, m:f.shape[2] - m, m:f.shape[3] - m]
+    i = (np.arange(32) * f.shape[2]) // 32
+    up = f[:, :, i][:, :, :, i].transpose(0, 2, 3, 1)
+    parts.append(up @ np.asarray(lin.kernel[...], np.float64) + np.asarray(lin.bias[...]))
+  ref = _stack_f64(model, np.concatenate(parts, axis=-1))
+  new = np.asarray(jax.jit(lambda ms: model(ms))(maps))  # projection before the resize
+  x = seg.concat_features(maps, 32, cfg.feature_margins)
+  old = np.asarray(jax.jit(lambda a: model.head(a))(x))  # projection after it (training)
+  tol = 1e-5 * np.abs(ref).max()
+  np.testing.assert_allclose(new, ref, atol=tol, rtol=0)
+  np.testing.assert_allclose(old, ref, atol=tol, rtol=0)
+  # a projection mistake (e.g. maps swapped between projections) is far outside that
+  swapped = [lin.kernel[...] for lin in model.proj]
+  model.proj[0].kernel[...] = swapped[0][:, ::-1]
+  assert np.abs(np.asarray(model(maps)) - ref).max() > 100 * tol
+
+
+def test_projected_head_config_checks():
+  with pytest.raises(ValueError, match="head must be"):
+    _projected_config(head="sparse")
+  with pytest.raises(ValueError, match="one per feature map"):
+    _projected_config(proj_channels=(2, 3))
+  with pytest.raises(ValueError, match="sum to"):
+    _projected_config(feature_channels=(4, 3, 3))
+  with pytest.raises(ValueError, match="one fewer"):
+    _projected_config(widths=(6,))
+  with pytest.raises(ValueError, match="only for the projected head"):
+    seg.SegmenterConfig(in_channels=9, n_labels=3, proj_channels=(2,))
+  dense = seg.SegmenterConfig(in_channels=9, n_labels=3, dilations=(1, 3), widths=(7,))
+  m = nnx.eval_shape(lambda: seg.FewShotSegmenter(dense, rngs=nnx.Rngs(0)))
+  assert [c.kernel.shape for c in m.layers] == [(3, 3, 9, 7), (3, 3, 7, 3)]
+  assert [c.kernel_dilation for c in m.layers] == [(1, 1), (3, 3)]
+
+
+def test_projected_head_trains_round_trips_and_does_not_retrace(tmp_path):
+  feats, masks, small = _toy_problem()  # features [2, 16, 16, 4]: two 'layers' of 2 channels
+  head = dict(head="projected", feature_channels=(2, 2), proj_channels=(3, 2),
+              dilations=(1, 2, 1), widths=(16, 16))
+  kw = dict(epochs=12, lr=1e-2, step_epochs=10, feature_layers=("input", "L1"),
+            label_names=("bg", "a", "b"), head=head)
+  model, losses = segmenter_train.train_segmenter(jax.random.key(0), feats, masks, 3, **kw)
+  assert model.config.head == "projected" and model.config.proj_channels == (3, 2)
+  assert losses[-1] < 0.1 * losses[0], losses
+  pred = np.argmax(np.asarray(model.head(jnp.asarray(feats))), -1)
+  assert (pred == small).mean() > 0.95
+  n = segmenter_train._train_step._cache_size()
+  _, losses2 = segmenter_train.train_segmenter(jax.random.key(0), feats, masks, 3, **kw)
+  assert segmenter_train._train_step._cache_size() == n
+  np.testing.assert_allclose(losses2, losses, rtol=1e-5)
+  # the inference path on per-layer maps (here already at the output size) agrees
+  maps = [jnp.asarray(feats[..., :2].transpose(0, 3, 1, 2)),
+          jnp.asarray(feats[..., 2:].transpose(0, 3, 1, 2))]
+  np.testing.assert_allclose(np.asarray(model(maps)), np.asarray(model.head(jnp.asarray(feats))),
+                             atol=1e-5)
+  checkpoint.save(tmp_path / "seg", model)
+  loaded = checkpoint.load(tmp_path / "seg", role="segmenter")
+  assert loaded.config == model.config
+  np.testing.assert_array_equal(np.asarray(loaded(maps)), np.asarray(model(maps)))
+
+
+def test_old_checkpoints_load_as_the_dense_head(tmp_path):
+  """A config.json written before the head fields existed loads as today's dense head."""
+  model = seg.FewShotSegmenter(seg.SegmenterConfig(in_channels=5, n_labels=3, resolution=8),
+                               rngs=nnx.Rngs(0))
+  checkpoint.save(tmp_path / "s", model)
+  meta = json.loads((tmp_path / "s" / "config.json").read_text())
+  for k in ("head", "feature_channels", "proj_channels", "dilations", "widths"):
+    del meta["config"][k]
+  (tmp_path / "s" / "config.json").write_text(json.dumps(meta))
+  loaded = checkpoint.load(tmp_path / "s", role="segmenter")
+  assert loaded.config == model.config and loaded.config.head == "dense"
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 8, 8, 5)).astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(loaded.head(x)), np.asarray(model.head(x)))
+
+
+def test_train_on_generator_with_projected_head_and_bundle_segment():
+  gen = _FakeGenerator(rngs=nnx.Rngs(0))
+  ws = np.random.default_rng(0).normal(size=(3, 2, 6)).astype(np.float32)
+  layers = ("input", "L1_8_4", "L2_12_4")
+  masks = np.random.default_rng(1).integers(0, 3, size=(3, 16, 16))
+  model, _ = segmenter_train.train_on_generator(
+      jax.random.key(0), gen, ws, masks, ("bg", "a", "b"), epochs=1, resolution=16,
+      feature_layers=layers, head=dict(head="projected", proj_channels=(2, 1, 2),
+                                       dilations=(1, 1), widths=(4,)))
+  assert model.config.feature_channels == (4, 4, 4)  # filled in from the generator
+  models, params = bundle.ModelBundle.from_models(generator=gen, segmenter=model)
+  got, _ = masks_lib.segment_ws(models, params, ws, batch_size=2)
+  feats = segmenter_train.extract_features(gen, ws, layers, resolution=16)
+  np.testing.assert_array_equal(got, np.argmax(np.asarray(model.head(jnp.asarray(feats))), -1))

@@ -17,6 +17,12 @@ library driver as its `experiments/*` binary):
   relevance       Fig. 6: class-relevant units (`unit_report.run_relevance`).
   counterfactual  Fig. 7: counterfactual search between two classes
                   (`linkjax.counterfactual.run_experiment`).
+  validate        only for a miniworld classifier with planted units (its metrics.json maps
+                  units of R to renderer parameters, e.g. weights/classifier_planted): does the
+                  sweep name each planted unit's part and metric, how sparse is it, how many free
+                  units are falsely named, do the counterfactual paths change the parts in which
+                  the two breeds differ (`linkjax.miniworld.validate.run`). Shown first in the
+                  report. `experiments.validate` runs just the stages it needs.
   report          report.html (every figure, with a caption) and summary.json (key numbers).
 
 Resumability: a stage writes its outputs, then `DONE.json` (its summary numbers and its wall and

@@ -11,10 +11,11 @@ from typing import Any
 
 from absl import logging
 
-from linkjax import files, jobs
+from linkjax import cli, files, jobs
 from linkjax.demo import config as config_lib
 from linkjax.demo import report, stages
 from linkjax.demo.config import DemoConfig
+from linkjax.miniworld import validate as validate_lib
 
 DONE = "DONE.json"
 STAGES = tuple(stages.STAGES)
@@ -47,8 +48,26 @@ def _stage(ctx: stages.Context, name: str) -> dict[str, Any]:
   return res
 
 
+def check_planted_swept(cfg: DemoConfig, planted: tuple[tuple[int, str], ...]) -> None:
+  """Fails before any stage runs when the sweep leaves out a planted unit (validate needs all).
+
+  Raises:
+    ValueError: naming the planted units `cfg.sweep.units` does not include.
+  """
+  spec = cfg.sweep.units.strip()
+  if not planted or spec == "all":
+    return
+  swept = set(cli.parse_ranges(spec, "unit"))
+  missing = [u for u, _ in planted if u not in swept]
+  if missing:
+    raise ValueError(f"the classifier has planted units {missing} that the sweep's units "
+                     f"{spec!r} leave out; the validate stage needs every planted unit swept "
+                     "(add them, or sweep 'all')")
+
+
 def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
-             log: Callable[[str], None] = logging.info) -> dict[str, Any]:
+             log: Callable[[str], None] = logging.info,
+             only: tuple[str, ...] | None = None) -> dict[str, Any]:
   """Runs every stage (skipping finished ones), writes report.html and summary.json.
 
   Args:
@@ -56,20 +75,32 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike, *, overwrite: bool = F
     out_dir: output directory (created; a `jobs.RunDir` of kind 'demo').
     overwrite: delete an existing run with other settings in `out_dir` instead of refusing.
     log: progress sink.
+    only: run only these stages (in `STAGES` order; the planted-truth benchmark's subset);
+      None: all. Which stages ran does not change any stage's output, so it is not part of the
+      run's identity: a later run with all stages finds these done.
   Returns:
     The summary dict (summary.json).
   Raises:
     QualityError: `cfg.check_quality` and a quality number misses its threshold.
   """
   out = pathlib.Path(out_dir)
+  if cfg.miniworld and (only is None or "validate" in only):  # before the run directory exists
+    check_planted_swept(cfg, validate_lib.read_planted(cfg.paths()["classifier"]))
   with jobs.RunDir(out, "demo", config_lib.record(cfg), OUTPUTS, overwrite=overwrite):
     ctx = stages.Context(cfg, out, log)
     t0, c0 = time.time(), _cpu_seconds()
     results: dict[str, dict[str, Any]] = {}
+    unknown = sorted(set(only or ()) - set(STAGES))
+    if unknown:
+      raise ValueError(f"unknown stages {unknown}; stages: {list(STAGES)}")
     for name in STAGES:
+      if only is not None and name not in only:
+        continue
       if name in stages.WORLD_STAGES and not cfg.miniworld:
         log(f"[{name}] skipped: external checkpoints have no renderer ground truth")
         continue
+      if name == "validate" and not (cfg.miniworld and ctx.planted):
+        continue  # only a miniworld classifier with planted units has an answer to check
       results[name] = _stage(ctx, name)
     summary = report.build_summary(ctx, results)
     summary["this_process"] = {"wall_s": time.time() - t0, "cpu_s": _cpu_seconds() - c0}

@@ -24,6 +24,7 @@ from linkjax import miniworld
 from linkjax.demo.config import DemoConfig
 from linkjax.miniworld import groundtruth, train_classifier, train_segmenter
 from linkjax.miniworld import motion_check as mc
+from linkjax.miniworld import validate as validate_lib
 from linkjax.unit_analysis import min_area_for
 
 
@@ -89,6 +90,11 @@ class Context:
   @property
   def min_area(self) -> float:
     return min_area_for(self.models[0].mask_resolution, self.cfg.units.min_area)
+
+  @property
+  def planted(self) -> tuple[tuple[int, str], ...]:
+    """The classifier's planted (unit, parameter) map (its metrics.json); () for none."""
+    return validate_lib.read_planted(self.paths["classifier"])
 
 
 def world(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
@@ -257,6 +263,39 @@ def counterfactual(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
   return out
 
 
+def validate(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
+  """Planted-truth validation (`linkjax.miniworld.validate.run`): a miniworld classifier with
+  planted units, scored on the sweep and the counterfactual stage's paths."""
+  models, params = ctx.with_link()
+  world_done = ctx.out / "world" / "DONE.json"
+  reliability = (files.read_json(world_done).get("groundtruth_correlation")
+                 if world_done.exists() else None)
+  record = files.read_json(pathlib.Path(ctx.paths["classifier"]) / "metrics.json")
+  cf_dir = ctx.out / "counterfactual"
+  out = validate_lib.run(models, params, pairs_dir=ctx.pairs_dir, sweep_dir=ctx.sweep_dir,
+                         out_dir=d, planted=ctx.planted, seed=ctx.cfg.seed,
+                         min_area=ctx.min_area,
+                         cf_dir=cf_dir if (cf_dir / "DONE.json").exists() else None,
+                         held_out=record.get("planted", []), segmenter_reliability=reliability)
+  rec = out["recovery"]
+  for res in (rec, rec["entry_scaling"]):
+    ctx.log(f"[validate] {res['scaling']} scaling: {res['n_right']}/{len(res['planted'])} "
+            f"planted units named with the right part and metric; {res['false_discoveries']} "
+            f"false discoveries ({res['explained_discoveries']} explained)")
+    for e in res["planted"]:
+      ctx.log(f"[validate]   unit {e['unit']} ({e['param']}): top {e['top_part']} "
+              f"{e['top_metric']} ({'right' if e['right'] else 'wrong'}), sparsity percentile "
+              f"{e['sparsity_percentile']:.0f}")
+  b = out.get("boundary")
+  if b:
+    for m, v in b["per_metric"].items():
+      for stat in ("path", "boundary"):
+        ctx.log(f"[validate] boundary {b['orig_class']} -> {b['target_class']} ({m}, {stat}): "
+                f"Spearman {v[stat]['spearman']:.2f}, top-{v['k']} overlap "
+                f"{v[stat]['top_k_overlap']}")
+  return out
+
+
 def motion_check(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
   """Motion fields against the renderer's true motion (a small `benchmarks/motion_validation`):
   pairs with known part changes, `motion.estimate_many` and scikit-image's TV-L1 (if installed)
@@ -296,11 +335,12 @@ def motion_check(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
   return out
 
 
-# Stage name -> function, in run order; WORLD_STAGES run only for miniworld models.
+# Stage name -> function, in run order. WORLD_STAGES run only for miniworld models, 'validate'
+# only for a miniworld classifier with planted units.
 STAGES: dict[str, Callable[[Context, pathlib.Path], dict[str, Any]]] = {
     "world": world, "pairs": make_pairs, "link": fit_link, "similarity": w_r_similarity,
     "cycle": cycle_eval, "sweep": unit_sweep, "units": units, "relevance": relevance,
-    "counterfactual": counterfactual, "motion": motion_check,
+    "counterfactual": counterfactual, "validate": validate, "motion": motion_check,
 }
 # Stages that need the renderer's ground truth (miniworld models only).
 WORLD_STAGES = ("world", "motion")

@@ -7,6 +7,16 @@ images do later: float [0, 1] -> uint8 by truncation (`preprocess.to_uint8` of 2
 `preprocess.classifier_input` with the config's resize/crop (None: the 64x64 image itself,
 ImageNet-normalised).
 
+Planted units (`TrainConfig.planted`, for the planted-truth validation,
+`linkjax.miniworld.validate`): named units of R are additionally trained to *encode one renderer
+parameter each*, the other units free. The auxiliary loss is the MSE between r[:, unit] (post-ReLU
+global-average-pooled features, so non-negative) and an affine map of the parameter's z-score to r's
+typical range, `PLANTED_TARGET_MEAN + PLANTED_TARGET_STD * (value - mean) / std`, where (mean, std)
+are the parameter's moments under the world's class-balanced distribution (`param_moments`). The
+parameter's value comes from the same theta that rendered the image, so the unit must read it off
+the picture. The whole loss is `cross_entropy + planted_weight * mean_over_units(MSE)`; with no
+planted units the step is the plain classification step.
+
 Families: 'resnet' (the shipped classifier: a bottleneck ResNet, one block per stage) or 'vgg'
 (VGG-16 with BatchNorm, torchvision's vgg16_bn layout with every width scaled by width / 64 and
 hidden layers of 4 x width), both from the classifier registry, so every pipeline runs on them
@@ -61,6 +71,9 @@ class TrainConfig:
       pixels (0 disables), so that the classifier does not hinge on edges sharper than a
       64x64 generator draws; evaluation uses unblurred renders.
     noise_std: std of per-pixel Gaussian noise added to training renders (0 disables).
+    planted: ((unit, parameter), ...): units of R trained to encode a parameter each (names from
+      `PLANTABLE`); empty: a plain classifier.
+    planted_weight: weight of the planted units' mean squared error in the loss.
   """
   family: str = "resnet"
   width: int = 16
@@ -75,13 +88,93 @@ class TrainConfig:
   log_every: int = 50
   blur_sigma_max: float = 1.2
   noise_std: float = 0.02
+  planted: tuple[tuple[int, str], ...] = ()
+  planted_weight: float = 1.0
 
   def __post_init__(self):
     if self.family not in FAMILIES:
       raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+    planted = tuple((int(u), str(n)) for u, n in self.planted)
+    object.__setattr__(self, "planted", planted)
+    bad = [n for _, n in planted if n not in PLANTABLE]
+    if bad:
+      raise ValueError(f"unknown planted parameters {bad}; plantable: {PLANTABLE}")
+    units = [u for u, _ in planted]
+    if len(set(units)) != len(units) or any(u < 0 for u in units):
+      raise ValueError(f"planted units must be distinct and >= 0, got {units}")
+    if not np.isfinite(self.planted_weight) or self.planted_weight < 0:
+      raise ValueError(f"planted_weight must be finite and >= 0, got {self.planted_weight}")
 
 
 FAMILIES = ("resnet", "vgg")
+
+# Parameters a unit can be planted with: every renderer parameter, plus the body colour's true
+# luminance (ITU-R 601 luma of its flat RGB colour, which is what the part metric 'luminance'
+# measures; body_val is its HSV value, which hue and saturation also modulate).
+DERIVED_PARAMS = ("body_luminance",)
+PLANTABLE = tuple(world.PARAM_NAMES) + DERIVED_PARAMS
+# The planted units' target distribution: mean and std of r's typical large units (the shipped
+# classifier's r has mean ~0.37 over units; its active units reach 1-2).
+PLANTED_TARGET_MEAN = 0.75
+PLANTED_TARGET_STD = 0.25
+_MOMENT_SAMPLES = 20000
+_MOMENT_SEED = 20240901  # a fixed stream, disjoint from every training seed's fold_in streams
+
+
+def parse_planted(spec: str) -> tuple[tuple[int, str], ...]:
+  """'40:ear_len,120:tail_len' -> ((40, 'ear_len'), (120, 'tail_len')); '' -> ()."""
+  out = []
+  for item in (x.strip() for x in spec.split(",")):
+    if not item:
+      continue
+    unit, sep, name = item.partition(":")
+    if not sep or not unit.strip().isdigit():
+      raise ValueError(f"planted entries are UNIT:PARAM, got {item!r}")
+    out.append((int(unit), name.strip()))
+  return tuple(out)
+
+
+def param_values(theta: jax.Array, names: tuple[str, ...]) -> jax.Array:
+  """Physical values of named (plantable) parameters.
+
+  Args:
+    theta: [B, THETA_DIM] in [-1, 1].
+    names: K names from `PLANTABLE`.
+  Returns:
+    [B, K] float32 (lengths in pixels, colours in [0, 1], ...).
+  """
+  phys = world.physical(theta)
+  cols = []
+  for name in names:
+    if name == "body_luminance":
+      body = world.part_colours(theta)[..., world.PART_NAMES.index("body") - 1, :]
+      cols.append(body @ jnp.asarray((0.299, 0.587, 0.114), jnp.float32))
+    else:
+      cols.append(phys[name])
+  return jnp.stack(cols, axis=-1).astype(jnp.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def param_moments(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and std [K] of each parameter under the class-balanced world distribution.
+
+  Estimated once from `_MOMENT_SAMPLES` draws of a fixed PRNG stream, so they are constants of
+  the world (the same in training, evaluation and the validation).
+  """
+  n = _MOMENT_SAMPLES
+  # Constants of the world: evaluated eagerly even when first asked for inside a jitted step.
+  with jax.ensure_compile_time_eval():
+    labels = jnp.arange(n, dtype=jnp.int32) % world.NUM_CLASSES
+    theta = world.sample_theta(jax.random.key(_MOMENT_SEED), labels)
+    v = np.asarray(param_values(theta, names), np.float64)
+  return v.mean(axis=0).astype(np.float32), v.std(axis=0).astype(np.float32)
+
+
+def planted_targets(theta: jax.Array, names: tuple[str, ...]) -> jax.Array:
+  """The planted units' regression targets: [B, THETA_DIM] -> [B, K] float32 (see module doc)."""
+  mean, std = param_moments(tuple(names))
+  zscore = (param_values(theta, names) - jnp.asarray(mean)) / jnp.asarray(std)
+  return jnp.float32(PLANTED_TARGET_MEAN) + jnp.float32(PLANTED_TARGET_STD) * zscore
 
 
 def model_config(config: TrainConfig) -> Any:
@@ -146,42 +239,64 @@ def render_batch(key: jax.Array, batch_size: int, blur_sigma_max: float = 0.0,
   Returns:
     images_uint8 [B, 64, 64, 3] and labels [B] int32.
   """
+  images, labels, _ = render_batch_with_theta(key, batch_size, blur_sigma_max, noise_std)
+  return images, labels
+
+
+def render_batch_with_theta(key: jax.Array, batch_size: int, blur_sigma_max: float = 0.0,
+                            noise_std: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`render_batch` (the same images for the same key) plus the theta that rendered them.
+
+  Returns:
+    images_uint8 [B, 64, 64, 3], labels [B] int32, theta [B, THETA_DIM] float32.
+  """
   k_class, k_theta, k_aug = jax.random.split(key, 3)
   labels = jax.random.randint(k_class, (batch_size,), 0, world.NUM_CLASSES, jnp.int32)
-  images, _ = world.render(world.sample_theta(k_theta, labels))
+  theta = world.sample_theta(k_theta, labels)
+  images, _ = world.render(theta)
   if blur_sigma_max > 0 or noise_std > 0:
     images = augment(k_aug, images, blur_sigma_max, noise_std)
-  return images_to_uint8(images), labels
+  return images_to_uint8(images), labels, theta
 
 
 def _make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                      batch_size: int, resize: int | None, crop: int | None,
-                     blur_sigma_max: float = 0.0, noise_std: float = 0.0) -> Callable:
-  """A jitted step (params, stats, opt_state, key) -> (params, stats, opt_state, loss, acc)."""
+                     blur_sigma_max: float = 0.0, noise_std: float = 0.0,
+                     planted: tuple[tuple[int, str], ...] = (),
+                     planted_weight: float = 0.0) -> Callable:
+  """A jitted step (params, stats, opt_state, key) -> (params, stats, opt_state, loss, acc,
+  planted_mse); loss is the total loss, planted_mse 0 without planted units."""
+  units = jnp.asarray([u for u, _ in planted], jnp.int32)
+  names = tuple(n for _, n in planted)
 
   @jax.jit
   def step(params, stats, opt_state, key):
-    images, labels = render_batch(key, batch_size, blur_sigma_max, noise_std)
+    images, labels, theta = render_batch_with_theta(key, batch_size, blur_sigma_max, noise_std)
     x = preprocess.classifier_input(images, resize=resize, crop=crop)
 
     model = nnx.merge(graphdef, params, stats)
 
     def loss_fn(model):
-      logits, _ = model(x)
+      logits, acts = model(x)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-      return loss, acc
+      mse = jnp.float32(0.0)
+      if planted:  # without planted units the step is exactly the classification step
+        target = jax.lax.stop_gradient(planted_targets(theta, names))
+        mse = jnp.mean(jnp.square(acts["r"][:, units] - target))
+        loss = loss + jnp.float32(planted_weight) * mse
+      return loss, (acc, mse)
 
     # nnx.value_and_grad differentiates the Params and lets BatchNorm update its running
     # statistics on the model in place (a plain jax.grad would see them as foreign tracers).
-    (loss, acc), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (loss, (acc, mse)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     new_stats = nnx.state(model, nnx.BatchStat)
     # optax's Adam bias correction computes float ** int32 step count, which strict dtype
     # promotion (as in the tests) rejects; the optimiser's internals are not ours to retype.
     with jax.numpy_dtype_promotion("standard"):
       updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, new_stats, opt_state, loss, acc
+    return params, new_stats, opt_state, loss, acc, mse
 
   return step
 
@@ -222,17 +337,98 @@ def evaluate(model: nnx.Module, key: jax.Array, num_images: int,
   return {"accuracy": float(correct.mean()), "per_class": per_class, "n": int(labels.shape[0])}
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "batch_size", "resize", "crop"))
+def _r_batch(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, batch_size: int,
+             resize: int | None, crop: int | None) -> tuple[jax.Array, jax.Array]:
+  images, _, theta = render_batch_with_theta(key, batch_size)
+  model = nnx.merge(graphdef, state)
+  _, acts = model(preprocess.classifier_input(images, resize=resize, crop=crop))
+  return acts["r"], theta
+
+
+def representations(model: nnx.Module, key: jax.Array, num_images: int,
+                    batch_size: int = 250) -> tuple[np.ndarray, np.ndarray]:
+  """R and the true theta of fresh (unaugmented) renders, classes drawn uniformly.
+
+  Args:
+    model: an inference-mode classifier.
+    key: PRNG key of the stream.
+    num_images: images (rounded up to whole batches).
+    batch_size: images per jitted call.
+  Returns:
+    (r [N, R] float32, theta [N, THETA_DIM] float32).
+  """
+  graphdef, state = nnx.split(model)
+  batch_size = min(batch_size, num_images)
+  rs, thetas = [], []
+  for i in range(-(-num_images // batch_size)):
+    r, t = _r_batch(graphdef, state, jax.random.fold_in(key, i), batch_size,
+                    model.config.resize, model.config.crop)
+    rs.append(np.asarray(r))
+    thetas.append(np.asarray(t))
+  return np.concatenate(rs), np.concatenate(thetas)
+
+
+def pearson(x: Any, y: Any) -> float:
+  """Pearson correlation of two [N] vectors (NaN when either is constant)."""
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  if x.std() == 0 or y.std() == 0:
+    return float("nan")
+  return float(np.corrcoef(x, y)[0, 1])
+
+
+def planted_report(r: np.ndarray, theta: np.ndarray,
+                   planted: tuple[tuple[int, str], ...]) -> list[dict[str, Any]]:
+  """How well each planted unit encodes its parameter, and how well any other unit does.
+
+  Args:
+    r: [N, R] activations; theta: [N, THETA_DIM] the true parameters of the same images.
+    planted: ((unit, parameter), ...).
+  Returns:
+    one dict per planted unit: 'unit', 'param', 'r' (Pearson r of r[:, unit] with the
+    parameter), 'rmse_target' (RMS error against the training target), 'best_other_unit' and
+    'best_other_r' (the unit with the largest |r| among all other units, and that r), 'n'.
+  """
+  names = tuple(n for _, n in planted)
+  values = np.asarray(param_values(jnp.asarray(theta), names), np.float64)
+  targets = np.asarray(planted_targets(jnp.asarray(theta), names), np.float64)
+  rc = r - r.mean(axis=0)
+  out = []
+  for k, (unit, name) in enumerate(planted):
+    v = values[:, k] - values[:, k].mean()
+    denom = np.sqrt((rc * rc).sum(axis=0) * (v * v).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+      corr = np.where(denom > 0, rc.T @ v / np.where(denom > 0, denom, 1.0), 0.0)
+    others = np.abs(corr).copy()
+    others[unit] = -1.0
+    best = int(np.argmax(others))
+    out.append({"unit": int(unit), "param": name, "r": pearson(r[:, unit], values[:, k]),
+                "rmse_target": float(np.sqrt(np.mean((r[:, unit] - targets[:, k]) ** 2))),
+                "best_other_unit": best, "best_other_r": float(corr[best]), "n": int(len(r))})
+  return out
+
+
+def planted_map(record: dict[str, Any]) -> tuple[tuple[int, str], ...]:
+  """The planted (unit, parameter) pairs of a classifier's metrics.json record (() if none)."""
+  return tuple((int(p["unit"]), str(p["param"])) for p in record.get("planted", []))
+
+
 def train(config: TrainConfig, *, key: jax.Array,
           log_fn: Callable[[str], None] = print) -> tuple[nnx.Module, dict[str, Any]]:
   """Trains the classifier on on-the-fly renders and evaluates it on held-out renders.
 
   Args:
     config: hyper-parameters.
-    key: PRNG key; fold_in 0 initialises, 1 draws training batches, 2 draws the held-out set.
+    key: PRNG key; fold_in 0 initialises, 1 draws training batches, 2 draws the held-out set,
+      3 the held-out renders of the planted units' correlations.
     log_fn: receives progress lines.
   Returns:
     (inference-mode classifier, metrics) with metrics 'accuracy', 'per_class', 'train_seconds',
-    'final_train_loss', 'final_train_accuracy', 'steps', 'images_seen'.
+    'final_train_loss', 'final_train_accuracy', 'steps', 'images_seen'; with planted units also
+    'planted' (`planted_report` on `eval_images` held-out renders, plus each parameter's
+    z-score moments), 'planted_target' ([mean, std] of the targets), 'planted_weight' and
+    'final_planted_mse'.
   """
   mconf = model_config(config)
   model_cls, _ = models.ARCHITECTURES[models.arch_of(mconf)].classes()
@@ -248,23 +444,31 @@ def train(config: TrainConfig, *, key: jax.Array,
 
   tx = optax.adamw(schedule, weight_decay=config.weight_decay)
   opt_state = tx.init(params)
+  r_dim = _r_dim(model)
+  bad = [u for u, _ in config.planted if u >= r_dim]
+  if bad:
+    raise ValueError(f"planted units {bad} outside R's {r_dim} units")
   step_fn = _make_train_step(graphdef, tx, config.batch_size, mconf.resize, mconf.crop,
-                             config.blur_sigma_max, config.noise_std)
+                             config.blur_sigma_max, config.noise_std, config.planted,
+                             config.planted_weight)
   data_key = jax.random.fold_in(key, 1)
 
   t0 = time.time()
-  loss = acc = jnp.float32(0.0)
-  run_loss, run_acc = 0.0, 0.0
+  loss = acc = mse = jnp.float32(0.0)
+  run_loss, run_acc, run_mse = 0.0, 0.0, 0.0
   for step in range(config.steps):
-    params, stats, opt_state, loss, acc = step_fn(params, stats, opt_state,
-                                                  jax.random.fold_in(data_key, step))
+    params, stats, opt_state, loss, acc, mse = step_fn(params, stats, opt_state,
+                                                       jax.random.fold_in(data_key, step))
     run_loss += float(loss)
     run_acc += float(acc)
+    run_mse += float(mse)
     if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
       n = (step % config.log_every) + 1
       log_fn(f"step {step + 1}/{config.steps}: loss {run_loss / n:.4f} "
-             f"train acc {run_acc / n:.3f} ({time.time() - t0:.1f} s)")
-      run_loss, run_acc = 0.0, 0.0
+             f"train acc {run_acc / n:.3f}"
+             + (f" planted mse {run_mse / n:.4f}" if config.planted else "")
+             + f" ({time.time() - t0:.1f} s)")
+      run_loss, run_acc, run_mse = 0.0, 0.0, 0.0
   train_seconds = time.time() - t0
 
   nnx.update(model, params, stats)  # the inference-mode model shares the trained state
@@ -275,7 +479,26 @@ def train(config: TrainConfig, *, key: jax.Array,
   log_fn(f"held-out accuracy {metrics['accuracy']:.4f} on {metrics['n']} renders; "
          f"per class {[round(a, 3) for a in metrics['per_class']]}; "
          f"training {train_seconds:.1f} s")
+  if config.planted:
+    r, theta = representations(model, jax.random.fold_in(key, 3), config.eval_images)
+    report = planted_report(r, theta, config.planted)
+    mean, std = param_moments(tuple(n for _, n in config.planted))
+    for k, entry in enumerate(report):
+      entry.update(param_mean=float(mean[k]), param_std=float(std[k]))
+      log_fn(f"planted unit {entry['unit']} ({entry['param']}): r = {entry['r']:.3f} on "
+             f"{entry['n']} held-out renders (best other unit {entry['best_other_unit']}: "
+             f"r = {entry['best_other_r']:.3f})")
+    metrics.update(planted=report, planted_target=[PLANTED_TARGET_MEAN, PLANTED_TARGET_STD],
+                   planted_weight=config.planted_weight, final_planted_mse=float(mse))
   return model, metrics
+
+
+def _r_dim(model: nnx.Module) -> int:
+  """Width of R of a freshly built classifier (one tiny forward pass, shapes only)."""
+  x = jax.ShapeDtypeStruct((1, world.SIZE, world.SIZE, 3), jnp.float32)
+  graphdef, state = nnx.split(model)
+  out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x)[1]["r"], state, x)
+  return int(out.shape[-1])
 
 
 def train_and_save(config: TrainConfig, out_dir: str | pathlib.Path, *, seed: int,

@@ -26,6 +26,13 @@ Measured on the shipped generator (seed 0; mIoU on this module's 200 held-out im
 other held-out images): reference layers, whole maps 0.598 / 0.595 (on the step-15000 generator);
 reference layers, cropped 0.607 / 0.603; all layers, cropped (the default) 0.610 / 0.605.
 
+The 'projected' head (`head`) is ~3-6x cheaper but has not matched the dense head here
+(`benchmarks/segmenter_heads.py`, seed 0, all layers cropped; mIoU on the 200 / 1000 held-out
+sets, the dense head 0.610 / 0.607 in the same run, 2.10 GFLOP/img): proj_channels 8, stack
+32-32-32-32, 40 epochs 0.587 / 0.586 (0.34 GFLOP/img); 16, 40 epochs 0.598 / 0.598 (0.43);
+16, 80 epochs (step 60) 0.604 / 0.604 (0.43); 32, 80 epochs 0.604 / 0.603 (0.61); 8 with a
+48-48-48-32 stack, 40 epochs 0.588 / 0.587 (0.60). Snout and ear stay ~0.02 below.
+
 Quality: mean IoU against the renderer's masks of held-out generated images (psi 1), from a
 PRNG stream disjoint from the labelled one.
 """
@@ -70,6 +77,12 @@ class SegmenterTrainConfig:
     crop_margins: crop the feature layers' StyleGAN3 margins before the resize (see the module
       docstring).
     feature_layers: 'all' synthesis layers but ToRGB, or 'reference' (every second one).
+    head: 'dense' (the reference's head of `size`; the default, as the shipped weights) or
+      'projected' (per-layer 1x1 projections at each map's resolution, then a narrow 3x3 stack;
+      `linkjax.models.segmenter`).
+    proj_channels: the projected head's output channels per feature layer.
+    dilations, widths: the projected head's 3x3 stack (dilation per convolution; output
+      channels of all but the last); the dense head takes `size`'s.
   """
   n_per_class: int = 5
   size: str = "S"
@@ -81,11 +94,29 @@ class SegmenterTrainConfig:
   eval_images: int = 200
   crop_margins: bool = True
   feature_layers: str = "all"
+  head: str = "dense"
+  proj_channels: int = 8
+  dilations: tuple[int, ...] = (1, 2, 1, 2, 1)
+  widths: tuple[int, ...] = (32, 32, 32, 32)
 
   def __post_init__(self):
     if self.feature_layers not in FEATURE_LAYER_RULES:
       raise ValueError(f"feature_layers must be one of {sorted(FEATURE_LAYER_RULES)}, "
                        f"got {self.feature_layers!r}")
+    if self.head not in seg_lib.HEADS:
+      raise ValueError(f"head must be one of {seg_lib.HEADS}, got {self.head!r}")
+    if self.head == "projected" and (self.proj_channels < 1 or
+                                     len(self.widths) != len(self.dilations) - 1):
+      raise ValueError(f"projected head: proj_channels {self.proj_channels} must be >= 1 and "
+                       f"widths {self.widths} one fewer than dilations {self.dilations}")
+
+  def head_fields(self, n_layers: int) -> dict[str, Any]:
+    """The `SegmenterConfig` head fields for `n_layers` feature layers (feature_channels is
+    filled in from the generator by `segmenter_train.train_on_generator`)."""
+    if self.head == "dense":
+      return {}
+    return {"head": "projected", "proj_channels": (self.proj_channels,) * n_layers,
+            "dilations": tuple(self.dilations), "widths": tuple(self.widths)}
 
 
 def labelled_set(generator: nnx.Module, key: jax.Array, n_per_class: int
@@ -151,14 +182,15 @@ def train(generator: nnx.Module, config: SegmenterTrainConfig, *, key: jax.Array
   """
   t0 = time.time()
   ws, masks, _ = labelled_set(generator, jax.random.fold_in(key, 0), config.n_per_class)
-  log_fn(f"{len(ws)} labelled images; training segmenter {config.size} at "
+  log_fn(f"{len(ws)} labelled images; training the {config.head} segmenter at "
          f"{config.resolution}px for {config.epochs} epochs")
+  layers = FEATURE_LAYER_RULES[config.feature_layers](generator.layer_names)
   model, losses = segmenter_train.train_on_generator(
       jax.random.fold_in(key, 1), generator, ws, masks, world.PART_NAMES, size=config.size,
       epochs=config.epochs, resolution=config.resolution, batch_size=len(ws),
-      crop_margins=config.crop_margins,
-      feature_layers=FEATURE_LAYER_RULES[config.feature_layers](generator.layer_names),
-      lr=config.lr, weight_decay=config.weight_decay, step_epochs=config.step_epochs)
+      crop_margins=config.crop_margins, feature_layers=layers,
+      head=config.head_fields(len(layers)), lr=config.lr, weight_decay=config.weight_decay,
+      step_epochs=config.step_epochs)
   train_s = time.time() - t0
   log_fn(f"trained in {train_s:.1f} s, final loss {float(losses[-1]):.4f}")
   metrics = evaluate(generator, model, jax.random.fold_in(key, 2), config.eval_images)

@@ -11,6 +11,17 @@ aligns every layer with the image; the default is the reference's rule. `all_fea
 (every child but ToRGB) is the alternative layer rule. Head: 3x3 convs
 with padding = dilation and LeakyReLU(0.2) between them (none after the last), no normalisation.
 
+Two heads (`SegmenterConfig.head`):
+  * 'dense' (the reference's FewShotCNN, the default): the first 3x3 convolution reads all
+    concatenated feature channels at the output resolution.
+  * 'projected' (cheaper): each feature layer is first projected by its own 1x1 convolution to
+    a few channels (`proj_channels`), at the layer's own resolution after the margin crop; the
+    projections are then nearest-resized and concatenated, and a narrower 3x3 stack
+    (`dilations`, `widths`) runs at the output resolution. A 1x1 convolution commutes with the
+    nearest resize (both act per pixel / per channel), so `head` on the concatenated features
+    (projection after the resize, as training uses) equals `__call__` on the maps (projection
+    before it, as inference uses) up to float32 rounding.
+
 Training lives in `linkjax.segmenter_train`, mask files and pictures in `linkjax.masks`.
 """
 
@@ -35,6 +46,7 @@ SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "L": ((1, 2, 4, 8, 1, 2, 4, 8, 1), (128, 64, 64, 64, 64, 64, 64, 32)),
 }
 LEAKY_SLOPE = 0.2
+HEADS = ("dense", "projected")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,6 +62,14 @@ class SegmenterConfig:
     label_names: optional names of the n_labels labels (label 0 first).
     feature_margins: pixels cropped from each side of each feature map before the resize, one
       per feature layer (`stylegan_margins`); () crops nothing (the reference's rule).
+    head: 'dense' (the reference's head) or 'projected' (per-layer 1x1 projections first; see
+      the module docstring).
+    feature_channels: channels of each feature map, in concatenation order (sum: in_channels);
+      required by the projected head, which splits the concatenated features by them.
+    proj_channels: output channels of each feature map's 1x1 projection (projected head).
+    dilations: dilation of each 3x3 convolution of the stack; () takes `size`'s.
+    widths: output channels of every 3x3 convolution but the last (which outputs n_labels);
+      one fewer than `dilations`; () takes `size`'s.
   """
   in_channels: int
   n_labels: int
@@ -58,6 +78,11 @@ class SegmenterConfig:
   resolution: int = 128
   label_names: tuple[str, ...] = ()
   feature_margins: tuple[int, ...] = ()
+  head: str = "dense"
+  feature_channels: tuple[int, ...] = ()
+  proj_channels: tuple[int, ...] = ()
+  dilations: tuple[int, ...] = ()
+  widths: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.size not in SIZES:
@@ -67,6 +92,32 @@ class SegmenterConfig:
     if self.feature_margins and len(self.feature_margins) != len(self.feature_layers):
       raise ValueError(f"{len(self.feature_margins)} feature margins for "
                        f"{len(self.feature_layers)} feature layers")
+    if self.head not in HEADS:
+      raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+    if bool(self.dilations) != bool(self.widths) or (
+        self.dilations and len(self.widths) != len(self.dilations) - 1):
+      raise ValueError(f"widths {self.widths} must be one fewer than dilations "
+                       f"{self.dilations} (or both empty: `size`'s)")
+    if any(d < 1 for d in self.dilations) or any(w < 1 for w in self.widths):
+      raise ValueError(f"dilations {self.dilations} and widths {self.widths} must be >= 1")
+    if self.head == "projected":
+      n = len(self.feature_channels)
+      if not n or len(self.proj_channels) != n or min(self.proj_channels) < 1:
+        raise ValueError(f"the projected head needs feature_channels and proj_channels (>= 1), "
+                         f"one per feature map; got {self.feature_channels} and "
+                         f"{self.proj_channels}")
+      if sum(self.feature_channels) != self.in_channels:
+        raise ValueError(f"feature_channels {self.feature_channels} sum to "
+                         f"{sum(self.feature_channels)}, not in_channels {self.in_channels}")
+      if self.feature_layers and len(self.feature_layers) != n:
+        raise ValueError(f"{n} feature_channels for {len(self.feature_layers)} feature layers")
+    elif self.proj_channels:
+      raise ValueError("proj_channels is only for the projected head")
+
+  @property
+  def stack(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(dilations, hidden widths) of the 3x3 convolutions."""
+    return (self.dilations, self.widths) if self.dilations else SIZES[self.size]
 
 
 def reference_feature_layers(layer_names: Sequence[str]) -> tuple[str, ...]:
@@ -176,20 +227,37 @@ def concat_features(feature_list: Sequence[jax.Array], resolution: int = 128,
   return jnp.transpose(jnp.concatenate(maps, axis=1), (0, 2, 3, 1))
 
 
+# torch's default init of Conv2d / Linear weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+_TORCH_UNIFORM = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
 class FewShotSegmenter(nnx.Module):
-  """Dilated-conv head that maps concatenated generator features to per-pixel label logits."""
+  """Dilated-conv head that maps generator features to per-pixel label logits.
+
+  Attributes (parameters):
+    proj: the projected head's per-layer 1x1 projections (`nnx.Linear`, [C_i, p_i]); absent
+      for the dense head.
+    layers: the 3x3 convolutions.
+  """
 
   def __init__(self, config: SegmenterConfig, *, rngs: nnx.Rngs):
     self.config = config
-    dilations, hidden = SIZES[config.size]
-    widths = (config.in_channels, *hidden, config.n_labels)
+    dilations, hidden = config.stack
+    c_in = config.in_channels
+    if config.head == "projected":
+      projections = []
+      for c, p in zip(config.feature_channels, config.proj_channels):
+        lin = nnx.Linear(c, p, kernel_init=_TORCH_UNIFORM, rngs=rngs)
+        lin.bias[...] = jax.random.uniform(rngs.params(), (p,), jnp.float32, -1 / math.sqrt(c),
+                                           1 / math.sqrt(c))
+        projections.append(lin)
+      self.proj = nnx.List(projections)
+      c_in = sum(config.proj_channels)
+    widths = (c_in, *hidden, config.n_labels)
     layers = []
     for d, c_in, c_out in zip(dilations, widths[:-1], widths[1:]):
-      # torch Conv2d's default init: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
       conv = nnx.Conv(c_in, c_out, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),
-                      kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in",
-                                                                    "uniform"),
-                      rngs=rngs)
+                      kernel_init=_TORCH_UNIFORM, rngs=rngs)
       bound = 1.0 / math.sqrt(9 * c_in)
       conv.bias[...] = jax.random.uniform(rngs.params(), (c_out,), jnp.float32, -bound, bound)
       layers.append(conv)
@@ -198,11 +266,20 @@ class FewShotSegmenter(nnx.Module):
   def head(self, x: jax.Array) -> jax.Array:
     """Logits from concatenated features.
 
+    The projected head applies its 1x1 projections here after the resize (to the channel
+    groups of `config.feature_channels`); this is what training differentiates.
+
     Args:
       x: [B, H, W, in_channels] NHWC (from `concat_features`).
     Returns:
       [B, H, W, n_labels] logits.
     """
+    if self.config.head == "projected":
+      parts, start = [], 0
+      for lin, c in zip(self.proj, self.config.feature_channels):
+        parts.append(lin(x[..., start:start + c]))
+        start += c
+      x = jnp.concatenate(parts, axis=-1)
     return self._after_first(self.layers[0](x))
 
   def _after_first(self, x: jax.Array) -> jax.Array:
@@ -215,22 +292,34 @@ class FewShotSegmenter(nnx.Module):
     """Logits from a list of NCHW feature maps (in `config.feature_layers` order).
 
     Equals `head(concat_features(feature_list, resolution, feature_margins))` up to float32
-    rounding, but the first convolution runs on each map at its own resolution
-    (`upsampled_conv.resized_concat_conv`): no resized copy of the maps and ~2.2x fewer
-    multiply-adds in it for the miniworld segmenter.
+    rounding, but computed at each map's own resolution where that is cheaper: the dense head's
+    first convolution runs on each map at its resolution (`upsampled_conv.resized_concat_conv`:
+    no resized copy of the maps and ~2.2x fewer multiply-adds in it for the miniworld's dense
+    segmenter); the projected head first projects each cropped map at its resolution, then its
+    first convolution runs the same way on the few projected channels.
 
     Args:
       feature_list: list of [B, C_i, h_i, w_i].
     Returns:
       [B, resolution, resolution, n_labels] logits.
     """
+    cfg = self.config
     first = self.layers[0]
+    margins = cfg.feature_margins
+    if cfg.head == "projected":
+      if len(feature_list) != len(self.proj):
+        raise ValueError(f"{len(feature_list)} feature maps for {len(self.proj)} projections")
+      maps = []
+      for f, m, lin in zip(feature_list, margins or (0,) * len(feature_list), self.proj):
+        f = f[..., m:f.shape[-2] - m, m:f.shape[-1] - m].astype(jnp.float32)
+        y = jnp.einsum("bchw,cp->bphw", f, lin.kernel[...], precision=lin.precision)
+        maps.append(y + lin.bias[...][:, None, None])
+      feature_list, margins = maps, ()  # cropped already
     dilation = first.kernel_dilation  # (d, d) from the constructor
     dilation = dilation[0] if isinstance(dilation, (tuple, list)) else dilation
     x = upsampled_conv.resized_concat_conv(
-        feature_list, self.config.feature_margins, self.config.resolution, first.kernel[...],
-        first.bias[...], nearest_indices, dilation=int(dilation),
-        precision=first.precision)
+        feature_list, margins, cfg.resolution, first.kernel[...], first.bias[...],
+        nearest_indices, dilation=int(dilation), precision=first.precision)
     return self._after_first(x)
 
 
