@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from linkjax import miniworld as world
-from linkjax import motion
+from linkjax import motion, motion_figures
 from linkjax.miniworld import motion_truth
 
 S = 32  # image side of the synthetic pairs
@@ -238,10 +238,9 @@ def test_config_checks():
 def test_plot_flow_writes_png(tmp_path):
   rng = np.random.default_rng(0)
   flow = rng.normal(size=(32, 32, 2))
-  motion.plot_flow(tmp_path / "f.png", rng.random((32, 32, 3)), flow, np.ones((32, 32)),
-                   step=3, margin=2, overlay=0.3, title="t")
+  motion_figures.plot_flow(tmp_path / "f.png", rng.random((32, 32, 3)), flow, np.ones((32, 32)),
+                           step=3, margin=2, overlay=0.3, title="t")
   assert (tmp_path / "f.png").stat().st_size > 1000
-  from linkjax import motion_figures
   ys, _ = motion_figures.select_vectors(flow, step=2, margin=4, min_percentile=0,
                                         min_norm=0.0)
   assert ys.min() >= 4 and ys.max() < 28 and len(ys) == 144

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from linkjax import miniworld as world
-from linkjax import motion
+from linkjax import motion, motion_figures
 from linkjax.miniworld import motion_truth
 
 WARP = {"zoom": (0.9, 1.1), "rotation_deg": 8.0, "shift": 3.0}
@@ -249,14 +249,14 @@ def figure(path, data: dict[str, np.ndarray], est: dict[str, np.ndarray],
     ax[0].imshow(data["images_o"][i])
     ax[1].imshow(data["images_p"][i])
     top = max(1.0, float(np.abs(data["flow"][i] - true_aff[i]).max()))
-    motion.plot_flow(ax[2], data["images_o"][i], est["flow"][i], est["confidence"][i],
+    motion_figures.plot_flow(ax[2], data["images_o"][i], est["flow"][i], est["confidence"][i],
                      step=3, margin=3, min_percentile=0, min_norm=0.3, max_norm=top)
     on = data["valid"][i] & (data["masks_o"][i] > 0)  # the (textureless) background left out
     true_local = np.where(on[..., None], data["flow"][i] - true_aff[i], 0.0)
-    motion.plot_flow(ax[3], data["images_o"][i], true_local, None, step=3, margin=3,
+    motion_figures.plot_flow(ax[3], data["images_o"][i], true_local, None, step=3, margin=3,
                      min_percentile=0, min_norm=0.3, max_norm=top)
     if baseline is not None:
-      motion.plot_flow(ax[4], data["images_o"][i], baseline["total_flow"][i], None, step=3,
+      motion_figures.plot_flow(ax[4], data["images_o"][i], baseline["total_flow"][i], None, step=3,
                        margin=3, min_percentile=0, min_norm=0.3)
     for a in ax[:2]:
       a.set_xticks([])
