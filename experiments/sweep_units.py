@@ -16,7 +16,7 @@ a multi-host job (BUILD.md, "Many processes").
 
 from absl import flags, logging
 
-from linkjax import bundle, cli, jobs, pairs, sweep, testing
+from linkjax import bundle, cli, jobs, pairs, sweep, sweep_motion, testing
 
 _D = sweep.SweepConfig()
 _PAIRS = flags.DEFINE_string("pairs", None, "Pair directory (pairs.npz) the base samples are "
@@ -95,9 +95,10 @@ def main(argv):
                   log_every_s=_LOG_EVERY.value)
   logging.info("metrics %s, probs %s; strips of units %s", res["arrays"]["metrics"].shape,
                res["arrays"]["probs"].shape, res["strip_units"])
-  if res["motion"] is not None:
-    logging.info("motion fields of units %s in %.1f s", res["motion"]["units"],
-                 res["motion"]["seconds"])
+  mo = sweep_motion.run_config(_PAIRS.value, models, params, _OUT.value, config,
+                              res["strip_units"], mesh=jobs.data_mesh(_DEVICES.value))
+  if mo is not None:
+    logging.info("motion fields of units %s in %.1f s", mo["units"], mo["seconds"])
 
 
 if __name__ == "__main__":

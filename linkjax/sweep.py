@@ -39,7 +39,7 @@ import functools
 import os
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -544,6 +544,21 @@ class SweepConfig:
       raise ValueError("motion is computed for the strip units: give strip_units or strip_top")
 
 
+def base_samples(data: Mapping[str, np.ndarray], config: SweepConfig, source: Any = "pairs"
+                 ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """The sweep's base samples of a pair file (`pairs.load`): (present classes, rows [S],
+  r_samples [S, R], lo [R], hi [R]); `source` names the file in errors."""
+  present = [int(c) for c in (config.classes if config.classes is not None
+                              else np.unique(data["class_idx"]))
+             if np.any(data["class_idx"] == c)]
+  if not present:
+    raise ValueError(f"none of the classes {list(config.classes or [])} has pairs in {source}")
+  rows = select_samples(data["class_idx"], data["draw_idx"], config.samples_per_class, present)
+  r_samples = np.asarray(data["r"], np.float32)[rows]
+  lo, hi = unit_ranges(r_samples if config.range_from == "samples" else data["r"])
+  return present, rows, r_samples, lo, hi
+
+
 def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: Any,
         out_dir: str | os.PathLike, config: SweepConfig, *, min_area: float | None = None,
         mesh: jax.sharding.Mesh | None = None, overwrite: bool = False,
@@ -560,18 +575,11 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
     mesh, overwrite, log_every_s: as `run_sweep`.
   Returns:
     {'n_units', 'n_samples', 'steps', 'n_images', 'strip_units', 'timing' (of `run_sweep`;
-     empty for a finished sweep), 'arrays': sweep.npz arrays, 'motion': `sweep_motion.run`'s
-     summary (None without config.motion)}.
+     empty for a finished sweep), 'arrays': sweep.npz arrays}. The motion fields of the strip
+    units (config.motion) are a separate pass: `sweep_motion.run_config`.
   """
   data = pairs.load(pairs_dir)
-  present = [int(c) for c in (config.classes if config.classes is not None
-                              else np.unique(data["class_idx"]))
-             if np.any(data["class_idx"] == c)]
-  if not present:
-    raise ValueError(f"none of the classes {list(config.classes or [])} has pairs in {pairs_dir}")
-  rows = select_samples(data["class_idx"], data["draw_idx"], config.samples_per_class, present)
-  r_samples = np.asarray(data["r"], np.float32)[rows]
-  lo, hi = unit_ranges(r_samples if config.range_from == "samples" else data["r"])
+  present, rows, r_samples, lo, hi = base_samples(data, config, pairs_dir)
   unit_list = parse_units(config.units, r_samples.shape[1])
   logging.info("sweep: %d base samples from %s (%d classes), %d units", rows.size, pairs_dir,
                len(present), unit_list.size)
@@ -592,17 +600,6 @@ def run(pairs_dir: str | os.PathLike, models: bundle_lib.ModelBundle, params: An
                 hi=hi, steps=config.steps, sample_ids=rows,
                 rows=min(config.strip_rows, len(present) * config.samples_per_class),
                 chunk=config.chunk, mesh=mesh)
-  motion_summary = None
-  if config.motion and strips and jax.process_index() == 0:
-    from linkjax import sweep_motion  # it builds on this module
-
-    t0 = time.perf_counter()
-    motion_summary = sweep_motion.run(
-        out_dir, models, params, r_samples, data["class_idx"][rows], strips, lo=lo, hi=hi,
-        steps=config.steps, key=jax.random.key(config.motion_seed), sample_ids=rows,
-        rows=min(config.strip_rows, len(present) * config.samples_per_class),
-        chunk=config.chunk, mesh=mesh)
-    motion_summary["seconds"] = time.perf_counter() - t0
   return {"n_units": int(unit_list.size), "n_samples": int(rows.size), "steps": config.steps,
           "n_images": int(rows.size * unit_list.size * config.steps), "strip_units": strips,
-          "timing": timing, "arrays": arrays, "motion": motion_summary}
+          "timing": timing, "arrays": arrays}

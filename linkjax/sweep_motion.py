@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -41,7 +42,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from linkjax import figures, files, jobs, motion, motion_figures
+from linkjax import figures, files, jobs, motion, motion_figures, pairs
 from linkjax import sweep as sweep_lib
 
 MOTION_FILE = "motion.npz"
@@ -216,3 +217,23 @@ def run(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: Any, cl
              "samples": [int(s) for s in sample_ids[picked]]}
   files.write_json(out / MOTION_JSON, files.json_safe(summary))
   return summary
+
+
+def run_config(pairs_dir: str | os.PathLike, models: Any, params: Any,
+               out_dir: str | os.PathLike, config: sweep_lib.SweepConfig,
+               strip_units: Sequence[int], *, mesh: jax.sharding.Mesh | None = None
+               ) -> dict[str, Any] | None:
+  """The motion pass of a finished `sweep.run` (config.motion): `run` on its strip units and
+  base samples, by process 0 only. Returns `run`'s summary with 'seconds', or None (motion off,
+  no strip units, or another process)."""
+  if not (config.motion and strip_units) or jax.process_index() != 0:
+    return None
+  t0 = time.perf_counter()
+  data = pairs.load(pairs_dir)
+  present, rows, r_samples, lo, hi = sweep_lib.base_samples(data, config, pairs_dir)
+  summary = run(out_dir, models, params, r_samples, data["class_idx"][rows], strip_units,
+                lo=lo, hi=hi, steps=config.steps, key=jax.random.key(config.motion_seed),
+                sample_ids=rows,
+                rows=min(config.strip_rows, len(present) * config.samples_per_class),
+                chunk=config.chunk, mesh=mesh)
+  return {**summary, "seconds": time.perf_counter() - t0}

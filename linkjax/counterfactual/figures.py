@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-from linkjax import figures, files, quantify
+from linkjax import figures, files, motion, motion_figures, quantify
 from linkjax.counterfactual.path import PairAnalysis
 
 
@@ -118,8 +118,6 @@ def plot_boundary_flow(path: pathlib.Path, a: PairAnalysis, m: dict[str, np.ndar
   """The frames around the decision boundary and the motion between them
   (`path.boundary_motion`): before, first flipped frame, local flow before -> flipped (on the
   frame before), local flow original -> flipped (on the original); titles give the global affine."""
-  from linkjax import motion, motion_figures  # matplotlib quiver helpers
-
   b = a.boundary
   size = m["after"].shape[0]
   step = max(2, size // 16)

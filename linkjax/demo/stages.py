@@ -18,7 +18,7 @@ import numpy as np
 
 from linkjax import bundle as bundle_lib
 from linkjax import (cycle, figures, files, link, masks, motion, pairs, quantify, similarity,
-                     sweep, unit_report)
+                     sweep, sweep_motion, unit_report)
 from linkjax import counterfactual as cf
 from linkjax import miniworld
 from linkjax.demo.config import DemoConfig
@@ -217,11 +217,16 @@ def unit_sweep(ctx: Context, d: pathlib.Path) -> dict[str, Any]:
   secs = time.time() - t0
   res.pop("arrays")
   t = res["timing"]
-  if t:  # the share of the stage inside compiled steps (the first, compiling call apart)
+  if t:  # the share of the sweep inside compiled steps (the first, compiling call apart)
     t["steps_fraction"] = (t["steps_s"] - t["first_call_s"]) / secs
     t["first_call_fraction"] = t["first_call_s"] / secs
   ctx.log(f"[sweep] {res['n_images']} images in {secs:.1f} s "
           f"({res['n_images'] / max(secs, 1e-9):.1f} images/s)")
+  res["motion"] = sweep_motion.run_config(ctx.pairs_dir, models, params, d, config,
+                                          res["strip_units"])
+  if res["motion"] is not None:
+    ctx.log(f"[sweep] motion fields of {len(res['motion']['units'])} strip units in "
+            f"{res['motion']['seconds']:.1f} s")
   return {**res, "seconds": secs, "images_per_s": res["n_images"] / max(secs, 1e-9)}
 
 

@@ -40,7 +40,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
+from linkjax import figures
 from linkjax import miniworld as world
 from linkjax import motion, motion_figures
 from linkjax.miniworld import motion_truth
@@ -156,7 +158,6 @@ def run_skimage(name: str, img_o: np.ndarray, img_p: np.ndarray, seed: int
   Returns:
     {'total_flow' [n, H, W, 2], 'affine' [n, 2, 3]} (affine: RANSAC on the flow).
   """
-  from scipy import ndimage
   from skimage import color, measure, registration, transform
 
   if name not in SKIMAGE_METHODS:
@@ -237,8 +238,6 @@ def figure(path, data: dict[str, np.ndarray], est: dict[str, np.ndarray],
            baseline: dict[str, np.ndarray] | None, title: str, n: int = 4) -> None:
   """Rows: pairs; columns: I_o, I_p, our residual (local) flow, the true local motion (on the
   animal), and the baseline's total flow if given."""
-  from linkjax import figures  # matplotlib only when drawing
-
   h, w = data["flow"].shape[1:3]
   true_aff = np.asarray(motion.affine_flow(jnp.asarray(data["affine"]), h, w))
   n = min(n, len(data["flow"]))

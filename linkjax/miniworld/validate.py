@@ -82,6 +82,7 @@ from linkjax import bundle as bundle_lib
 from linkjax import files, jobs, pairs, quantify, sweep as sweep_lib, unit_analysis
 from linkjax import miniworld as world
 from linkjax.miniworld import groundtruth, train_classifier
+from linkjax.models import stylegan_ops
 from linkjax.miniworld import truth as truth_lib
 
 BOUNDARY_METRICS = ("area", "luminance")
@@ -449,7 +450,6 @@ def unit_correlations(r: np.ndarray, theta: np.ndarray, names: Sequence[str],
 
 def world_noise(z: np.ndarray) -> np.ndarray:
   """The renderer's noise of latents z: the mapping network's `normalize_2nd_moment`."""
-  from linkjax.models import stylegan_ops  # noqa: PLC0415 - only the generator's helper
 
   return np.asarray(stylegan_ops.normalize_2nd_moment(jnp.asarray(z, jnp.float32)))
 

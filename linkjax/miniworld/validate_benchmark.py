@@ -58,7 +58,7 @@ def demo_config(cfg: BenchmarkConfig) -> Any:
       pairs={"per_class": cfg.pairs_per_class},
       world_stage={"quality_images": cfg.quality_images, "render_images": cfg.render_images},
       sweep={"units": cfg.units, "samples_per_class": cfg.samples_per_class, "steps": cfg.steps,
-             "chunk": cfg.chunk, "strip_top": 0},
+             "chunk": cfg.chunk, "strip_top": 0, "motion": False},
       counterfactual={"orig": cfg.orig, "target": cfg.target, "pairs": cfg.cf_pairs,
                       "max_steps": cfg.cf_max_steps})
 
