@@ -6,7 +6,7 @@ On the built-in world's shipped generator, classifier and segmenter (a random li
 timing does not depend on its values), `linkjax.plan.plan_sweep` times a few chunks of the
 sweep's compiled step and extrapolates; then `linkjax.sweep.run_sweep` runs that very sweep
 (same samples, units, steps, chunk, devices) into a temporary directory, shards, strips-free,
-from a fresh compile. Prints the estimate, the measured wall time and their ratio (the issue's
+from a fresh compile, in shards of 4 chunks (the unit of work of a process). Prints the estimate, the measured wall time and their ratio (the issue's
 goal: within 30 %). With --processes=N > 1 the sweep runs as N local processes of one
 multi-controller job (`jax.distributed`, localhost coordinator, CPU) and the estimate is the
 planner's `--processes=N` (identical machines assumed: on one machine the processes share its
@@ -60,7 +60,8 @@ def _run_sweep(out_dir: str) -> dict:
   timing = {}
   t0 = time.perf_counter()
   sweep.run_sweep(out_dir, models, params, r, class_idx, units=np.arange(_UNITS.value),
-                  steps=_STEPS.value, chunk=_CHUNK.value, mesh=jobs.data_mesh(),
+                  steps=_STEPS.value, chunk=_CHUNK.value, shard_size=4 * _CHUNK.value,
+                  mesh=jobs.data_mesh(),
                   log_every_s=1e9, timing=timing)
   return {"wall_s": time.perf_counter() - t0, **timing}
 

@@ -114,7 +114,7 @@ def _not_replaceable(kind: str):
 
 def _write(path: str | pathlib.Path, meta: dict[str, Any], tree: Any) -> None:
   def build(tmp: pathlib.Path) -> None:
-    ckptr = ocp.StandardCheckpointer()
+    ckptr = _checkpointer()
     ckptr.save(tmp / STATE_DIR, tree)
     ckptr.wait_until_finished()
     files.write_json(tmp / CONFIG_FILE, {**meta, "state_sha256": state_hash(tmp / STATE_DIR)})
@@ -123,6 +123,14 @@ def _write(path: str | pathlib.Path, meta: dict[str, Any], tree: Any) -> None:
     files.replace_dir(path, build, is_ours=_not_replaceable(meta["kind"]))
   except files.FileError as e:
     raise CheckpointError(str(e)) from e
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+  """An orbax checkpointer private to this process: in a multi-process job (jax.distributed)
+  every process reads the (replicated) weights itself, with no cross-process barrier."""
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"linkjax_p{me}"))
 
 
 def _verify(path: pathlib.Path, meta: dict[str, Any]) -> None:
@@ -135,13 +143,26 @@ def _verify(path: pathlib.Path, meta: dict[str, Any]) -> None:
                           "hash recorded when it was saved; convert or copy it again")
 
 
+def _on_this_process(tree: Any) -> Any:
+  """Restore targets on this process's first local device, whatever topology the checkpoint
+  was saved with (every process of a multi-process job holds its own copy of the weights)."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  # Arrays, ShapeDtypeStructs and orbax's ArrayMetadata; not nnx Variables (which also have a
+  # shape and a dtype, but are pytree nodes of the state).
+  is_array = lambda x: (not isinstance(x, nnx.Variable)  # noqa: E731
+                        and hasattr(x, "shape") and hasattr(x, "dtype"))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=device)
+                      if is_array(x) else x, tree, is_leaf=is_array)
+
+
 def _restore(path: pathlib.Path, meta: dict[str, Any], abstract_tree: Any = None) -> Any:
   _verify(path, meta)
   try:
-    ckptr = ocp.StandardCheckpointer()
+    ckptr = _checkpointer()
     if abstract_tree is None:
-      return ckptr.restore(path / STATE_DIR)
-    return ckptr.restore(path / STATE_DIR, abstract_tree)
+      md = ckptr.metadata(path / STATE_DIR)
+      abstract_tree = getattr(md, "item_metadata", md)
+    return ckptr.restore(path / STATE_DIR, _on_this_process(abstract_tree))
   except Exception as e:  # orbax raises many types for structure mismatches and damage
     raise CheckpointError(f"could not restore {path}/{STATE_DIR}: {type(e).__name__}: "
                           f"{str(e)[:300]}") from e

@@ -101,3 +101,16 @@ def test_a_killed_process_resumes_its_shards(tmp_path):
   _same(pairs.load(out), pairs.load(ref))
   for name, mtime in shards_before.items():  # finished shards were reused, not recomputed
     assert (out / "shards" / name).stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_checkpoints_load_in_every_process(tmp_path):
+  """Real checkpoints (the built-in world's) in a 2-process job: every process restores its own
+  copy (orbax would otherwise sync the processes and place the arrays on process 0's device:
+  'Topology mismatch' in process 1), and the pairs equal a 1-process run."""
+  weights = ROOT / "linkjax" / "miniworld" / "weights"
+  args = [f"--generator={weights / 'generator'}", f"--classifier={weights / 'classifier'}",
+          "--classes=0,3", "--n_per_class=3", "--seed=1", "--batch=4", "--keep=all"]
+  _finish(_launch("experiments.make_pairs", [*args, f"--out={tmp_path / 'one'}"], 1, tmp_path))
+  _finish(_launch("experiments.make_pairs", [*args, f"--out={tmp_path / 'two'}"], 2, tmp_path))
+  _same(pairs.load(tmp_path / "two"), pairs.load(tmp_path / "one"))
