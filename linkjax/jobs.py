@@ -106,16 +106,22 @@ def initialize_distributed(coordinator_address: str | None = None,
   return Processes.current()
 
 
-def wait_for(path: pathlib.Path, what: str, *, poll_s: float = 0.5,
-             log_every_s: float = 60.0) -> None:
-  """Blocks until `path` exists (written by another process of the job)."""
+def wait_until(ready: Callable[[], bool], what: str, *, poll_s: float = 0.5,
+               log_every_s: float = 60.0) -> None:
+  """Blocks until `ready()` (something another process of the job writes), logging the wait."""
   t0 = last = time.monotonic()
-  while not path.exists():
+  while not ready():
     now = time.monotonic()
     if now - last >= log_every_s:
       last = now
-      logging.info("waiting %.0f s for %s (%s)", now - t0, what, path)
+      logging.info("process %d: waiting %.0f s for %s", jax.process_index(), now - t0, what)
     time.sleep(poll_s)
+
+
+def wait_for(path: pathlib.Path, what: str, *, poll_s: float = 0.5,
+             log_every_s: float = 60.0) -> None:
+  """Blocks until `path` exists (written by another process of the job)."""
+  wait_until(path.exists, f"{what} ({path})", poll_s=poll_s, log_every_s=log_every_s)
 
 
 def array_hash(*arrays: Any) -> str:
@@ -195,19 +201,14 @@ class RunDir:
 
   def _wait_for_record(self) -> None:
     """A non-main process waits until process 0 has written this run's record."""
-    run_file = self.path / RUN_FILE
-    t0 = last = time.monotonic()
-    while True:
+    def prepared() -> bool:
       try:
-        if files.read_json(run_file) == self.record and (self.path / SHARD_DIR).is_dir():
-          return
+        return (files.read_json(self.path / RUN_FILE) == self.record
+                and (self.path / SHARD_DIR).is_dir())
       except files.FileError:
-        pass
-      if time.monotonic() - last >= 60:
-        last = time.monotonic()
-        logging.info("process %d: waiting %.0f s for process 0 to prepare %s",
-                     self.processes.index, last - t0, self.path)
-      time.sleep(0.2)
+        return False
+
+    wait_until(prepared, f"process 0 to prepare {self.path}", poll_s=0.2)
 
   def _check_takeover(self) -> None:
     p = self.path

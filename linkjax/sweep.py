@@ -237,6 +237,30 @@ def make_step(models: Any, classes: tuple[int, ...], mesh: jax.sharding.Mesh,
   return jax.jit(fn, in_shardings=(repl, repl, repl, data, data, data), out_shardings=data)
 
 
+def render_triples(step: Callable, params: Any, r_samples: jax.Array, values: jax.Array,
+                   sample: np.ndarray, unit: np.ndarray, step_idx: np.ndarray, *, chunk: int,
+                   mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:
+  """Images and masks of (sample, unit, step) triples through a step with images.
+
+  Args:
+    step: `make_step(models, classes, mesh, True)`.
+    params, r_samples, values: replicated on `mesh` (`jax.device_put`).
+    sample, unit, step_idx: [N] int32 triples (as `sweep_chunk`).
+    chunk: triples per call (a multiple of the mesh size; one compilation per chunk size).
+    mesh: the step's mesh.
+  Returns:
+    {'images': [N, H, W, 3] uint8, 'masks': [N, H, W] int32} on the host.
+  """
+  data = NamedSharding(mesh, P("data"))
+  out: dict[str, list[np.ndarray]] = {"images": [], "masks": []}
+  for a, b in jobs.chunks(sample.size, chunk):
+    o = step(params, r_samples, values, *(jax.device_put(jobs.pad_rows(x[a:b], chunk), data)
+                                          for x in (sample, unit, step_idx)))
+    for k in out:
+      out[k].append(np.asarray(o[k])[:b - a])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def _triples(flat: np.ndarray, n_units: int, steps: int, units: np.ndarray):
   """(sample, unit, step) int32 arrays of flat indices into the C-ordered [S, U, steps] grid."""
   s, u_pos, k = flat // (n_units * steps), (flat // steps) % n_units, flat % steps
@@ -459,7 +483,7 @@ def save_strips(out_dir: str | os.PathLike, models: Any, params: Any, r_samples:
   strip_dir = pathlib.Path(out_dir) / STRIP_DIR
   strip_dir.mkdir(parents=True, exist_ok=True)
   picked = strip_samples(class_idx, rows)
-  data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  repl = NamedSharding(mesh, P())
   params = jax.device_put(params, repl)
   r_dev, v_dev = jax.device_put(r_samples, repl), jax.device_put(values, repl)
   written = []
@@ -471,12 +495,8 @@ def save_strips(out_dir: str | os.PathLike, models: Any, params: Any, r_samples:
     s = np.repeat(picked, steps).astype(np.int32)
     k = np.tile(np.arange(steps, dtype=np.int32), picked.size)
     u = np.full_like(s, int(unit))
-    images = []
-    for a, b in jobs.chunks(s.size, size):
-      o = img_fn(params, r_dev, v_dev, *(jax.device_put(jobs.pad_rows(x[a:b], size), data)
-                                         for x in (s, u, k)))
-      images.append(np.asarray(o["images"])[:b - a])
-    images = np.concatenate(images).reshape(picked.size, steps, *images[0].shape[1:])
+    images = render_triples(img_fn, params, r_dev, v_dev, s, u, k, chunk=size, mesh=mesh)["images"]
+    images = images.reshape(picked.size, steps, *images.shape[1:])
     files.write_npz(strip_dir / f"unit_{int(unit):04d}.npz",
                     {"images": images, "values": values[unit], "sample_idx": sample_ids[picked]})
     n_r, n_k, h, w = images.shape[:4]  # rows = samples, columns = steps

@@ -94,16 +94,11 @@ def unit_motion(models: Any, params: Any, r_samples: np.ndarray, values: np.ndar
   s = np.tile(np.asarray(rows, np.int32), 3)
   u = np.concatenate([np.full(n, sweep_lib.NO_UNIT), np.full(2 * n, unit)]).astype(np.int32)
   k = np.concatenate([np.zeros(2 * n), np.full(n, last)]).astype(np.int32)
-  data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  repl = NamedSharding(mesh, P())
   params = jax.device_put(params, repl)
   r_dev, v_dev = (jax.device_put(np.asarray(a, np.float32), repl) for a in (r_samples, values))
-  images, masks = [], []
-  for a, b in jobs.chunks(s.size, size):
-    o = step(params, r_dev, v_dev, *(jax.device_put(jobs.pad_rows(x[a:b], size), data)
-                                     for x in (s, u, k)))
-    images.append(np.asarray(o["images"])[:b - a])
-    masks.append(np.asarray(o["masks"])[:b - a])
-  images, masks = np.concatenate(images), np.concatenate(masks)[:n]
+  out = sweep_lib.render_triples(step, params, r_dev, v_dev, s, u, k, chunk=size, mesh=mesh)
+  images, masks = out["images"], out["masks"][:n]
   base = images[:n]
   config = config or motion.config_for_size(base.shape[1])
   res = motion.estimate_many(np.concatenate([base, base]), images[n:], key=key, config=config,
