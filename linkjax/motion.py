@@ -222,14 +222,23 @@ def estimate(images_o: jax.Array, images_p: jax.Array,
   """
   maps_o = tuple(descriptors_o or ())
   maps_p = tuple(descriptors_p or ())
+  pixel_weight = _check_inputs(images_o.shape, images_p.shape, maps_o, maps_p, config)
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images_o.shape[0]))
+  return _estimate_keyed(images_o, images_p, maps_o, maps_p, keys, config, pixel_weight)
+
+
+def _check_inputs(shape_o: tuple[int, ...], shape_p: tuple[int, ...], maps_o: Sequence[Any],
+                  maps_p: Sequence[Any], config: MotionConfig) -> float:
+  """Checks the pairs and descriptor maps against `config`; returns the pixel weight used."""
   if len(maps_o) != len(maps_p):
     raise ValueError(f"{len(maps_o)} descriptor maps for I_o but {len(maps_p)} for I_p")
   for a, b in zip(maps_o, maps_p):
     if a.shape != b.shape:
       raise ValueError(f"descriptor maps differ in shape: {a.shape} vs {b.shape}")
-  b, h, w, _ = images_o.shape
-  if images_p.shape != images_o.shape:
-    raise ValueError(f"image shapes differ: {images_o.shape} vs {images_p.shape}")
+  if tuple(shape_o) != tuple(shape_p) or len(shape_o) != 4 or shape_o[-1] != 3:
+    raise ValueError(f"image shapes differ or are not [B, H, W, 3]: {tuple(shape_o)} vs "
+                     f"{tuple(shape_p)}")
+  h, w = shape_o[1:3]
   if h % 2 ** (config.levels - 1) or w % 2 ** (config.levels - 1):
     raise ValueError(f"H, W = {h}, {w} must be divisible by 2^(levels-1) = "
                      f"{2 ** (config.levels - 1)}")
@@ -238,8 +247,7 @@ def estimate(images_o: jax.Array, images_p: jax.Array,
     pixel_weight = 0.0 if maps_o else 1.0
   if pixel_weight <= 0 and not maps_o:
     raise ValueError("pixel_weight 0 and no descriptor maps: nothing to match")
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
-  return _estimate_keyed(images_o, images_p, maps_o, maps_p, keys, config, float(pixel_weight))
+  return float(pixel_weight)
 
 
 def _estimate_keyed(images_o, images_p, maps_o, maps_p, keys, config: MotionConfig,
@@ -279,12 +287,12 @@ def config_for_size(size: int, config: MotionConfig = MotionConfig(), min_level:
   return dataclasses.replace(config, levels=levels, affine_level=affine_level)
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jax.jit, static_argnames=("config", "pixel_weight"))
 def _estimate_u8(_, images_o: jax.Array, images_p: jax.Array, key_data: jax.Array, *,
-                 config: MotionConfig) -> MotionResult:
+                 config: MotionConfig, pixel_weight: float) -> MotionResult:
   to01 = lambda u8: u8.astype(jnp.float32) / jnp.float32(255.0)
   keys = jax.vmap(jax.random.wrap_key_data)(key_data)
-  return _estimate_keyed(to01(images_o), to01(images_p), (), (), keys, config, 1.0)
+  return _estimate_keyed(to01(images_o), to01(images_p), (), (), keys, config, pixel_weight)
 
 
 def estimate_many(images_o: Any, images_p: Any, *, key: jax.Array,
@@ -309,12 +317,11 @@ def estimate_many(images_o: Any, images_p: Any, *, key: jax.Array,
   images_o, images_p = np.asarray(images_o), np.asarray(images_p)
   if images_o.dtype != np.uint8 or images_p.dtype != np.uint8:
     raise ValueError(f"expected uint8 images, got {images_o.dtype} and {images_p.dtype}")
-  if images_o.shape != images_p.shape or images_o.ndim != 4:
-    raise ValueError(f"image shapes differ or are not [N, H, W, 3]: {images_o.shape} vs "
-                     f"{images_p.shape}")
+  pixel_weight = _check_inputs(images_o.shape, images_p.shape, (), (), config)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(images_o)))
-  out = jobs.map_batches(functools.partial(_estimate_u8, config=config), (), images_o,
-                         images_p, np.asarray(jax.random.key_data(keys)), batch=batch, mesh=mesh)
+  out = jobs.map_batches(functools.partial(_estimate_u8, config=config, pixel_weight=pixel_weight),
+                         (), images_o, images_p, np.asarray(jax.random.key_data(keys)),
+                         batch=batch, mesh=mesh)
   return MotionResult(*out)  # map_batches' tree.map keeps the fields; the type made explicit
 
 

@@ -1,5 +1,6 @@
 """Motion fields: known translations and affines on smooth random textures, the robust fit,
 per-part summaries, determinism, no retrace, and the miniworld's true motion."""
+import dataclasses
 import math
 
 import jax
@@ -314,6 +315,13 @@ def test_estimate_many_equals_estimate_and_ignores_the_batch():
   np.testing.assert_allclose(many.affine[4], many.affine[0], atol=0.02)
   with pytest.raises(ValueError, match="uint8"):
     motion.estimate_many(io, ip, key=key, config=CFG)
+  # The same input checks as `estimate` (they used to be skipped here).
+  with pytest.raises(ValueError, match="divisible"):
+    motion.estimate_many(u8(io)[:, :S - 2, :S - 2], u8(ip)[:, :S - 2, :S - 2], key=key,
+                         config=CFG)
+  with pytest.raises(ValueError, match="nothing to match"):
+    motion.estimate_many(u8(io), u8(ip), key=key,
+                         config=dataclasses.replace(CFG, pixel_weight=0.0))
 
 
 def _blob_world(shift_px: int = 4, size: int = 64):
