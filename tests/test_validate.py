@@ -320,3 +320,14 @@ def test_benchmark_on_a_tiny_run(tmp_path):
   again: list[str] = []
   validate_benchmark.run_benchmark(cfg, tmp_path / "run", log=again.append)
   assert all(f"[{s}] already done" in "\n".join(again) for s in validate_benchmark.BENCHMARK_STAGES)
+
+
+def test_benchmark_refuses_bad_breeds_and_a_classifier_without_planted_units(tmp_path):
+  with pytest.raises(ValueError, match="two different breeds"):
+    validate_benchmark.BenchmarkConfig(orig=2, target=2)
+  with pytest.raises(ValueError, match="two different breeds"):
+    validate_benchmark.BenchmarkConfig(target=miniworld.NUM_CLASSES)
+  cfg = validate_benchmark.BenchmarkConfig(classifier=str(demo.BUILTIN["classifier"]))
+  with pytest.raises(ValueError, match="no planted units"):
+    validate_benchmark.run_benchmark(cfg, tmp_path / "run")
+  assert not (tmp_path / "run").exists()

@@ -560,10 +560,10 @@ def run(models: bundle_lib.ModelBundle, params: Any, *, pairs_dir: str | os.Path
   data = pairs.load(pairs_dir)
   rows = np.asarray(arrays["sample_idx"])
   r_samples = np.asarray(data["r"], np.float32)[rows]
-  lo, hi = sweep_lib.unit_ranges(r_samples)
-  swept_lo = np.asarray(arrays["lo"])
-  if not np.allclose(swept_lo, lo[np.asarray(arrays["units"])]):
-    lo, hi = sweep_lib.unit_ranges(np.asarray(data["r"], np.float32))  # range_from='pairs'
+  # The sweep's own ranges (sweep.npz holds them for every swept unit, the planted ones too).
+  lo, hi = np.zeros((2, r_samples.shape[1]), np.float32)
+  lo[np.asarray(arrays["units"])] = arrays["lo"]
+  hi[np.asarray(arrays["units"])] = arrays["hi"]
   strips = sweep_lib.save_strips(out, models, params, r_samples, data["class_idx"][rows],
                                  [u for u, _ in planted], lo=lo, hi=hi, steps=strip_steps,
                                  sample_ids=rows, rows=strip_rows, chunk=strip_steps * strip_rows)

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from linkjax import demo
+from linkjax import miniworld as world
 from linkjax.miniworld import validate
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,6 +45,12 @@ class BenchmarkConfig:
   quality_images: int = 200
   render_images: int = 1000
 
+  def __post_init__(self):
+    n = world.NUM_CLASSES
+    if not (0 <= self.orig < n and 0 <= self.target < n) or self.orig == self.target:
+      raise ValueError(f"orig {self.orig} and target {self.target} must be two different "
+                       f"breeds in [0, {n})")
+
 
 # The demo stages the benchmark runs (the others -- similarity, cycle, units, relevance -- do not
 # enter the scores).
@@ -70,5 +77,9 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir: str | os.PathLike, *, overwrite
   The directory is a demo run (same layout; a rerun resumes, and `experiments.demo` with the
   same settings finds these stages done). Returns the demo summary (with 'validation').
   """
+  classifier = cfg.classifier or validate.PLANTED_DIR
+  if not validate.read_planted(classifier):
+    raise ValueError(f"classifier {classifier} has no planted units (its metrics.json lists "
+                     "none under 'planted'): nothing to validate")
   return demo.run_demo(demo_config(cfg), out_dir, overwrite=overwrite, log=log,
                        only=BENCHMARK_STAGES)
