@@ -64,6 +64,12 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
   assert (other / "thesis.txt").read_text() == "keep"
 
 
+def test_unknown_stage_is_refused_before_anything_is_written(tmp_path):
+  with pytest.raises(ValueError, match="unknown stages"):
+    demo.run_demo(demo.tiny_config(), tmp_path / "run", log=lambda s: None, only=("sweeps",))
+  assert not (tmp_path / "run").exists()
+
+
 def test_tiny_config_merges_nested_overrides():
   cfg = demo.tiny_config(sweep={"units": "0-3"}, seed=5)
   assert cfg.sweep.units == "0-3" and cfg.sweep.samples_per_class == 1  # the preset's, kept

@@ -84,15 +84,15 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike, *, overwrite: bool = F
     QualityError: `cfg.check_quality` and a quality number misses its threshold.
   """
   out = pathlib.Path(out_dir)
+  unknown = sorted(set(only or ()) - set(STAGES))
+  if unknown:  # checked before the run directory exists
+    raise ValueError(f"unknown stages {unknown}; stages: {list(STAGES)}")
   if cfg.miniworld and (only is None or "validate" in only):  # before the run directory exists
     check_planted_swept(cfg, validate_lib.read_planted(cfg.paths()["classifier"]))
   with jobs.RunDir(out, "demo", config_lib.record(cfg), OUTPUTS, overwrite=overwrite):
     ctx = stages.Context(cfg, out, log)
     t0, c0 = time.time(), _cpu_seconds()
     results: dict[str, dict[str, Any]] = {}
-    unknown = sorted(set(only or ()) - set(STAGES))
-    if unknown:
-      raise ValueError(f"unknown stages {unknown}; stages: {list(STAGES)}")
     for name in STAGES:
       if only is not None and name not in only:
         continue
