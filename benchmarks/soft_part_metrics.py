@@ -92,16 +92,14 @@ def main(argv):
     row = {"n": int(sel.sum())}
     for name in ("hard", "soft", "up128"):
       for m, t in (("area", "true_area"), ("lum", "true_lum")):
-        a = d[f"{name}_{m}"][sel, i + 1].astype(np.float64)
-        b = d[t][sel, i].astype(np.float64)
-        row[f"{name}_{m}"] = float(np.corrcoef(a, b)[0, 1]) if sel.sum() > 2 else None
+        row[f"{name}_{m}"] = groundtruth.pearson(d[f"{name}_{m}"][sel, i + 1], d[t][sel, i])
     result["parts"][part] = row
   for name in ("hard", "soft", "up128"):
     for m in ("area", "lum"):
       vals = [r[f"{name}_{m}"] for r in result["parts"].values()]
-      result[f"median_{name}_{m}"] = float(np.median(vals))
-      result[f"min_{name}_{m}"] = float(np.min(vals))
-  files.write_json(_OUT.value, result)
+      result[f"median_{name}_{m}"] = float(np.nanmedian(vals))  # NaN: too few samples
+      result[f"min_{name}_{m}"] = float(np.nanmin(vals))
+  files.write_json(_OUT.value, files.json_safe(result))
   print(f"{'part':8s} " + " ".join(f"{n + '_' + m:>11s}" for m in ("area", "lum")
                                    for n in ("hard", "soft", "up128")))
   for part, r in result["parts"].items():

@@ -178,13 +178,17 @@ def metric_correlations(measured: np.ndarray, true: np.ndarray,
   r = np.full((n_l, measured.shape[2]), np.nan)
   for lab in range(n_l):
     sel = valid[:, lab]
-    if sel.sum() < 3:
-      continue
     for j in range(measured.shape[2]):
-      a, b = measured[sel, lab, j].astype(np.float64), true[sel, lab, j].astype(np.float64)
-      if np.std(a) > 0 and np.std(b) > 0:
-        r[lab, j] = float(np.corrcoef(a, b)[0, 1])
+      r[lab, j] = pearson(measured[sel, lab, j], true[sel, lab, j])
   return {"r": r, "n": valid.sum(axis=0)}
+
+
+def pearson(a: Any, b: Any) -> float:
+  """Pearson r of two [N] samples in float64; NaN with fewer than 3 or a constant side."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.size < 3 or not (np.std(a) > 0 and np.std(b) > 0):
+    return float("nan")
+  return float(np.corrcoef(a, b)[0, 1])
 
 
 def scatter_grid(path: str | pathlib.Path, measured: np.ndarray, true: np.ndarray,
