@@ -97,6 +97,8 @@ def make_case(name: str, n: int, seed: int) -> dict[str, np.ndarray]:
      [n, 2, 3], 'flow' [n, 64, 64, 2] true total flow, 'valid' [n, 64, 64] bool, 'affine'
      [n, 2, 3] true global motion}.
   """
+  if name not in CASES:
+    raise ValueError(f"unknown motion case {name!r}; cases: {list(CASES)}")
   changes, warp = CASES[name]
   rng = np.random.default_rng([seed, list(CASES).index(name)])
   d = world.THETA_DIM
