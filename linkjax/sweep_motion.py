@@ -33,7 +33,7 @@ import os
 import pathlib
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -60,54 +60,66 @@ def _aggregate(summary: np.ndarray) -> np.ndarray:
   return out
 
 
-def unit_motion(models: Any, params: Any, r_samples: np.ndarray, values: np.ndarray,
-                rows: np.ndarray, unit: int, *, key: jax.Array,
-                config: motion.MotionConfig | None = None, classes: Sequence[int] = (),
-                chunk: int = 64, batch: int = 8, mesh: jax.sharding.Mesh | None = None
-                ) -> dict[str, np.ndarray]:
-  """Flows from the unperturbed images to the images with `unit` at the two ends of its range.
-
-  The images come from the sweep's own compiled step with images (`sweep.make_step`, as the
-  strips): nothing new to compile for the models.
+def renderer(models: Any, params: Any, r_samples: np.ndarray, values: np.ndarray,
+             classes: Sequence[int], chunk: int, mesh: jax.sharding.Mesh
+             ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]:
+  """(sample, unit, step) triples -> {'images', 'masks'} through the sweep's own compiled step
+  with images (`sweep.make_step`, as the strips: nothing new to compile for the models), with
+  the weights and activations put on the devices once.
 
   Args:
     models, params: sweep models (`sweep_outputs`).
     r_samples: [S, R] base activations.
-    values: [R, steps] sweep values (`sweep.sweep_values`); the ends are columns 0 and -1.
-    rows: [S'] the samples (rows of r_samples).
-    unit: the unit.
-    key: PRNG key of the affine fits.
-    config: motion settings; None: `motion.config_for_size` of the defaults for the images.
+    values: [R, steps] sweep values (`sweep.sweep_values`).
     classes: the step's classes (as the strips': the sorted classes of the samples).
     chunk: triples per compiled call of the step (rounded up to the mesh size).
+    mesh: 1-D 'data' mesh.
+  """
+  size = jobs.padded_size(chunk, mesh)
+  step = sweep_lib.make_step(models, tuple(int(c) for c in classes), mesh, True)
+  repl = NamedSharding(mesh, P())
+  params = jax.device_put(params, repl)
+  r_dev, v_dev = (jax.device_put(np.asarray(a, np.float32), repl) for a in (r_samples, values))
+  return lambda s, u, k: sweep_lib.render_triples(step, params, r_dev, v_dev, s, u, k,
+                                                  chunk=size, mesh=mesh)
+
+
+def unit_motion(render: Callable, base: np.ndarray, masks: np.ndarray, rows: np.ndarray,
+                unit: int, last: int, n_labels: int, *, key: jax.Array,
+                config: motion.MotionConfig | None = None, batch: int = 8,
+                mesh: jax.sharding.Mesh | None = None) -> dict[str, np.ndarray]:
+  """Flows from the unperturbed images to the images with `unit` at the two ends of its range.
+
+  Args:
+    render: `renderer(...)`.
+    base, masks: [S', H, W, 3] uint8 unperturbed images of `rows` and their [S', H, W] masks
+      (`render(rows, NO_UNIT, 0)`: the same for every unit).
+    rows: [S'] the samples (rows of r_samples).
+    unit: the unit.
+    last: the column of the high end in the sweep values (steps - 1; the low end is 0).
+    n_labels: the segmenter's labels.
+    key: PRNG key of the affine fits.
+    config: motion settings; None: `motion.config_for_size` of the defaults for the images.
     batch: pairs per compiled call of the motion.
     mesh: 1-D 'data' mesh (default: all local devices).
   Returns:
     the arrays of strips/motion_unit_UUUU.npz (without 'values' and 'sample_idx') plus
     'local' and 'total' [S', 2, n_labels, 6] per-sample part summaries.
   """
-  mesh = mesh or jobs.data_mesh()
-  size = jobs.padded_size(chunk, mesh)
-  step = sweep_lib.make_step(models, tuple(int(c) for c in classes), mesh, True)
-  n, last = len(rows), values.shape[1] - 1
-  # Triples: the unperturbed samples, then the unit at the low end, then at the high end.
-  s = np.tile(np.asarray(rows, np.int32), 3)
-  u = np.concatenate([np.full(n, sweep_lib.NO_UNIT), np.full(2 * n, unit)]).astype(np.int32)
-  k = np.concatenate([np.zeros(2 * n), np.full(n, last)]).astype(np.int32)
-  repl = NamedSharding(mesh, P())
-  params = jax.device_put(params, repl)
-  r_dev, v_dev = (jax.device_put(np.asarray(a, np.float32), repl) for a in (r_samples, values))
-  out = sweep_lib.render_triples(step, params, r_dev, v_dev, s, u, k, chunk=size, mesh=mesh)
-  images, masks = out["images"], out["masks"][:n]
-  base = images[:n]
+  n = len(rows)
+  # The unit at the low end, then at the high end.
+  s = np.tile(np.asarray(rows, np.int32), 2)
+  u = np.full(2 * n, unit, np.int32)
+  k = np.concatenate([np.zeros(n), np.full(n, last)]).astype(np.int32)
+  ends = render(s, u, k)["images"]
   config = config or motion.config_for_size(base.shape[1])
-  res = motion.estimate_many(np.concatenate([base, base]), images[n:], key=key, config=config,
+  res = motion.estimate_many(np.concatenate([base, base]), ends, key=key, config=config,
                              batch=batch, mesh=mesh)
   two = lambda a: np.swapaxes(np.asarray(a).reshape(2, n, *a.shape[1:]), 0, 1)  # noqa: E731
   masks2 = np.concatenate([masks, masks])
   summ = lambda f: two(np.asarray(motion.part_summary(  # noqa: E731
-      jnp.asarray(f), jnp.asarray(res.confidence), jnp.asarray(masks2), models.n_labels)))
-  return {"base": base, "ends": two(images[n:]), "masks": masks, "flow": two(res.flow),
+      jnp.asarray(f), jnp.asarray(res.confidence), jnp.asarray(masks2), n_labels)))
+  return {"base": base, "ends": two(ends), "masks": masks, "flow": two(res.flow),
           "total_flow": two(res.total_flow), "confidence": two(res.confidence),
           "affine_params": two(res.affine_params), "local": summ(res.flow),
           "total": summ(res.total_flow)}
@@ -154,7 +166,7 @@ def run(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: Any, cl
 
   Args:
     out_dir: sweep directory.
-    models, params: sweep models (see `unit_motion`).
+    models, params: sweep models (see `renderer`).
     r_samples: [S, R] base activations; class_idx: [S] their classes.
     units: units to analyse (the strip units).
     lo, hi: [R] unit ranges; steps: values per unit (the ends are the first and last).
@@ -180,15 +192,21 @@ def run(out_dir: str | os.PathLike, models: Any, params: Any, r_samples: Any, cl
   picked = sweep_lib.strip_samples(class_idx, rows)
   names = sweep_lib._label_names(models)
   summaries: dict[str, list[np.ndarray]] = {"local": [], "total": [], "affine_params": []}
+  mesh = mesh or jobs.data_mesh()
+  render = base = None
   for unit in units:
     unit = int(unit)
     npz = strip_dir / f"motion_unit_{unit:04d}.npz"
     if npz.exists():
       data = files.read_npz(npz)
     else:
-      res = unit_motion(models, params, r_samples, all_values, picked, unit,
-                        key=jax.random.fold_in(key, unit), config=config, classes=classes,
-                        chunk=chunk, batch=batch, mesh=mesh)
+      if render is None:  # the unperturbed images, once for all units
+        render = renderer(models, params, r_samples, all_values, classes, chunk, mesh)
+        base = render(picked.astype(np.int32), np.full(picked.size, sweep_lib.NO_UNIT, np.int32),
+                      np.zeros(picked.size, np.int32))
+      res = unit_motion(render, base["images"], base["masks"], picked, unit, steps - 1,
+                        models.n_labels, key=jax.random.fold_in(key, unit), config=config,
+                        batch=batch, mesh=mesh)
       data = {**res, "values": values[unit], "sample_idx": sample_ids[picked]}
       plot_unit(strip_dir / f"motion_unit_{unit:04d}.png", data, unit)
       files.write_npz(npz, data)
