@@ -9,7 +9,7 @@ import pytest
 
 from linkjax import demo, miniworld, quantify
 from linkjax.miniworld import truth as truth_lib
-from linkjax.miniworld import validate, validate_benchmark
+from linkjax.miniworld import train_classifier, validate, validate_benchmark
 
 PARTS = list(miniworld.PART_NAMES[1:])  # leg, body, tail, tongue, eye, nose, snout, ear, head
 M = len(quantify.METRIC_NAMES)
@@ -110,8 +110,6 @@ def test_entry_scaling_and_explained_discoveries():
 def test_unit_correlations_within_class():
   """A unit that only tells the classes apart correlates with a parameter that differs by class
   when pooled, not within class; a unit that tracks the parameter does both."""
-  from linkjax.miniworld import train_classifier  # noqa: PLC0415
-
   rng = np.random.default_rng(3)
   n = 400
   c = np.arange(n) % 2
@@ -122,8 +120,8 @@ def test_unit_correlations_within_class():
   r = np.stack([c.astype(np.float64),                      # class detector
                 value + rng.normal(0, 0.01 * value.std(), n),  # tracks the tail length
                 np.ones(n)], axis=1)                       # constant
-  pooled = validate.unit_correlations(r, theta, ("tail_len",))["tail_len"]
-  within = validate.unit_correlations(r, theta, ("tail_len",), class_idx=c)["tail_len"]
+  pooled = train_classifier.unit_correlations(r, theta, ("tail_len",))["tail_len"]
+  within = train_classifier.unit_correlations(r, theta, ("tail_len",), class_idx=c)["tail_len"]
   assert pooled[0] > 0.8 and abs(within[0]) < 1e-9
   assert pooled[1] > 0.99 and within[1] > 0.99
   assert pooled[2] == 0.0 and within[2] == 0.0

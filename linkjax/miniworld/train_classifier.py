@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import pathlib
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
@@ -369,13 +370,39 @@ def representations(model: nnx.Module, key: jax.Array, num_images: int,
   return np.concatenate(rs), np.concatenate(thetas)
 
 
-def pearson(x: Any, y: Any) -> float:
-  """Pearson correlation of two [N] vectors (NaN when either is constant)."""
+def _centre(x: np.ndarray, class_idx: np.ndarray | None) -> np.ndarray:
+  """x [N, ...] minus its mean, per class when class_idx [N] is given."""
   x = np.asarray(x, np.float64)
-  y = np.asarray(y, np.float64)
-  if x.std() == 0 or y.std() == 0:
-    return float("nan")
-  return float(np.corrcoef(x, y)[0, 1])
+  if class_idx is None:
+    return x - x.mean(axis=0)
+  out = x.copy()
+  for k in np.unique(class_idx):
+    sel = class_idx == k
+    out[sel] -= x[sel].mean(axis=0)
+  return out
+
+
+def unit_correlations(r: np.ndarray, theta: np.ndarray, names: Sequence[str],
+                      class_idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Pearson r of every unit with each named parameter: {name: [R]} (0 for a constant unit).
+
+  Args:
+    r: [N, R]; theta: [N, THETA_DIM]; names: parameters (`train_classifier.param_values`).
+    class_idx: [N] classes; given, both sides are centred per class first (the within-class
+      correlation): a unit that only tells the breeds apart does not count as encoding a
+      parameter in which the breeds differ. None: the pooled correlation.
+  """
+  values = np.asarray(param_values(jnp.asarray(theta), tuple(names)),
+                      np.float64)
+  cls = None if class_idx is None else np.asarray(class_idx)
+  rc = _centre(r, cls)
+  vc = _centre(values, cls)
+  out = {}
+  for k, name in enumerate(names):
+    v = vc[:, k]
+    denom = np.sqrt((rc * rc).sum(axis=0) * (v * v).sum())
+    out[name] = np.where(denom > 0, rc.T @ v / np.where(denom > 0, denom, 1.0), 0.0)
+  return out
 
 
 def planted_report(r: np.ndarray, theta: np.ndarray,
@@ -391,19 +418,16 @@ def planted_report(r: np.ndarray, theta: np.ndarray,
     'best_other_r' (the unit with the largest |r| among all other units, and that r), 'n'.
   """
   names = tuple(n for _, n in planted)
-  values = np.asarray(param_values(jnp.asarray(theta), names), np.float64)
   targets = np.asarray(planted_targets(jnp.asarray(theta), names), np.float64)
-  rc = r - r.mean(axis=0)
+  corrs = unit_correlations(r, theta, names)
   out = []
   for k, (unit, name) in enumerate(planted):
-    v = values[:, k] - values[:, k].mean()
-    denom = np.sqrt((rc * rc).sum(axis=0) * (v * v).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-      corr = np.where(denom > 0, rc.T @ v / np.where(denom > 0, denom, 1.0), 0.0)
+    corr = corrs[name]
     others = np.abs(corr).copy()
     others[unit] = -1.0
     best = int(np.argmax(others))
-    out.append({"unit": int(unit), "param": name, "r": pearson(r[:, unit], values[:, k]),
+    own = float(corr[unit]) if np.std(r[:, unit]) > 0 else float("nan")  # NaN: a constant unit
+    out.append({"unit": int(unit), "param": name, "r": own,
                 "rmse_target": float(np.sqrt(np.mean((r[:, unit] - targets[:, k]) ** 2))),
                 "best_other_unit": best, "best_other_r": float(corr[best]), "n": int(len(r))})
   return out

@@ -413,41 +413,6 @@ def generated_representations(models: bundle_lib.ModelBundle, params: Any, *, ke
   return np.asarray(r, np.float32), theta, np.asarray(c, np.int32)
 
 
-def _centre(x: np.ndarray, class_idx: np.ndarray | None) -> np.ndarray:
-  """x [N, ...] minus its mean, per class when class_idx [N] is given."""
-  x = np.asarray(x, np.float64)
-  if class_idx is None:
-    return x - x.mean(axis=0)
-  out = x.copy()
-  for k in np.unique(class_idx):
-    sel = class_idx == k
-    out[sel] -= x[sel].mean(axis=0)
-  return out
-
-
-def unit_correlations(r: np.ndarray, theta: np.ndarray, names: Sequence[str],
-                      class_idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """Pearson r of every unit with each named parameter: {name: [R]} (0 for a constant unit).
-
-  Args:
-    r: [N, R]; theta: [N, THETA_DIM]; names: parameters (`train_classifier.param_values`).
-    class_idx: [N] classes; given, both sides are centred per class first (the within-class
-      correlation): a unit that only tells the breeds apart does not count as encoding a
-      parameter in which the breeds differ. None: the pooled correlation.
-  """
-  values = np.asarray(train_classifier.param_values(jnp.asarray(theta), tuple(names)),
-                      np.float64)
-  cls = None if class_idx is None else np.asarray(class_idx)
-  rc = _centre(r, cls)
-  vc = _centre(values, cls)
-  out = {}
-  for k, name in enumerate(names):
-    v = vc[:, k]
-    denom = np.sqrt((rc * rc).sum(axis=0) * (v * v).sum())
-    out[name] = np.where(denom > 0, rc.T @ v / np.where(denom > 0, denom, 1.0), 0.0)
-  return out
-
-
 def world_noise(z: np.ndarray) -> np.ndarray:
   """The renderer's noise of latents z: the mapping network's `normalize_2nd_moment`."""
 
@@ -533,8 +498,8 @@ def run(models: bundle_lib.ModelBundle, params: Any, *, pairs_dir: str | os.Path
       models, params, key=jax.random.fold_in(key, 201), n=n_generated)
   targets = {truth_lib.PARAM_TARGETS[p] for _, p in planted}
   explaining = sorted({q for t in targets for q in explaining_params(*t)} | {p for _, p in planted})
-  corr = unit_correlations(r_gen, theta_gen, explaining, class_idx=c_gen)
-  pooled = unit_correlations(r_gen, theta_gen, explaining)
+  corr = train_classifier.unit_correlations(r_gen, theta_gen, explaining, class_idx=c_gen)
+  pooled = train_classifier.unit_correlations(r_gen, theta_gen, explaining)
   rec = recover(arrays, planted, min_area, param_corr=corr)
   gen = train_classifier.planted_report(r_gen, theta_gen, planted)
   held = {int(e["unit"]): e for e in held_out}
