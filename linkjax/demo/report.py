@@ -9,6 +9,7 @@ from typing import Any
 from linkjax import files
 from linkjax.demo.config import DemoConfig, Thresholds
 from linkjax.demo.stages import Context
+from linkjax.miniworld import motion_check
 from linkjax.miniworld import validate as validate_lib
 
 
@@ -321,9 +322,6 @@ def write_report(ctx: Context, results: dict[str, dict[str, Any]],
   return path
 
 
-_NOT_PARTS = ("animal", "bg", "aff", "part_epe", "r", "true_local", "per_case")
-
-
 def build_summary(ctx: Context, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """The key numbers of a run (summary.json)."""
   s: dict[str, Any] = {"builtin_world": ctx.cfg.shipped, "miniworld": ctx.cfg.miniworld,
@@ -401,8 +399,7 @@ def build_summary(ctx: Context, results: dict[str, dict[str, Any]]) -> dict[str,
     s["motion"] = {"cases": mo["cases"], "pairs_per_case": mo["pairs_per_case"],
                    "seconds": mo["seconds"], **{name: {
                        "epe_animal": mo[name]["animal"], "epe_background": mo[name]["bg"],
-                       "epe_per_part": {p: mo[name][p] for p in mo[name]
-                                        if p not in _NOT_PARTS},
+                       "epe_per_part": {p: mo[name][p] for p in motion_check.LABELS[1:]},
                        "part_motion_epe": mo[name]["part_epe"],
                        "part_motion_r": mo[name]["r"], "affine_error": mo[name]["aff"]}
                        for name in mo["methods"]}}
