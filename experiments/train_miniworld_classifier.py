@@ -5,8 +5,8 @@
 The classifier with planted units (the planted-truth validation's, `experiments.validate`):
 
   python -m experiments.train_miniworld_classifier \
-      --out=linkjax/miniworld/weights/classifier_planted --steps=1500 --planted_weight=8 \
-      --planted=40:ear_len,120:tail_len,200:leg_len,280:head_r,360:body_luminance,440:eye_r
+      --out=linkjax/miniworld/weights/classifier_planted --steps=2000 --planted_weight=8 \
+      --planted_scale=class --planted=40:ear_len,120:tail_len,200:leg_len,280:head_r,360:body_luminance,440:eye_r
 
 Writes a `linkjax.checkpoint` directory (load with `linkjax.checkpoint.load(out, 'resnet')`)
 with `metrics.json` (held-out accuracy, training time, config, seed) beside it.
@@ -57,6 +57,10 @@ _PLANTED = flags.DEFINE_string(
 _PLANTED_WEIGHT = flags.DEFINE_float("planted_weight", _DEFAULTS.planted_weight,
                                      "Weight of the planted units' mean squared error in the "
                                      "loss (classification loss has weight 1).")
+_PLANTED_SCALE = flags.DEFINE_enum(
+    "planted_scale", _DEFAULTS.planted_scale, list(train_classifier.PLANTED_SCALES),
+    "z-score of the planted targets: 'world' (moments over all classes) or 'class' (moments "
+    "within the image's class, so that a unit cannot meet its target by encoding the breed).")
 
 
 def main(argv):
@@ -68,7 +72,7 @@ def main(argv):
       weight_decay=_WD.value, eval_images=_EVAL.value, log_every=_LOG_EVERY.value,
       blur_sigma_max=_BLUR.value, noise_std=_NOISE.value,
       planted=train_classifier.parse_planted(_PLANTED.value),
-      planted_weight=_PLANTED_WEIGHT.value)
+      planted_weight=_PLANTED_WEIGHT.value, planted_scale=_PLANTED_SCALE.value)
   logging.info("out=%s seed=%d config=%s", _OUT.value, _SEED.value, config)
   train_classifier.train_and_save(config, _OUT.value, seed=_SEED.value, log_fn=logging.info)
 

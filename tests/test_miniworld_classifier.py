@@ -101,6 +101,39 @@ def test_planted_targets_follow_the_parameter():
   np.testing.assert_allclose(t.std(axis=0), tc.PLANTED_TARGET_STD, rtol=0.15)
 
 
+def test_planted_targets_within_class_ignore_the_breed():
+  """Scale 'class': each class's targets have the target moments, so a unit cannot meet them by
+  telling the classes apart; the map is still increasing in the parameter within a class."""
+  labels = jnp.arange(2000, dtype=jnp.int32) % miniworld.NUM_CLASSES
+  theta = miniworld.sample_theta(jax.random.key(1), labels)
+  names = ("tail_len", "body_luminance")
+  values = np.asarray(tc.param_values(theta, names))
+  t = np.asarray(tc.planted_targets(theta, names, labels, "class"))
+  lab = np.asarray(labels)
+  for c in range(miniworld.NUM_CLASSES):
+    sel = lab == c
+    np.testing.assert_allclose(t[sel].mean(axis=0), tc.PLANTED_TARGET_MEAN, atol=0.05)
+    np.testing.assert_allclose(t[sel].std(axis=0), tc.PLANTED_TARGET_STD, rtol=0.15)
+    for k in range(2):
+      assert np.corrcoef(t[sel, k], values[sel, k])[0, 1] > 0.9999
+  # The world-scaled targets differ by class (the breeds' means differ), the class-scaled don't.
+  world_t = np.asarray(tc.planted_targets(theta, names))
+  spread = lambda x: np.ptp([x[lab == c, 0].mean() for c in range(miniworld.NUM_CLASSES)])
+  assert spread(world_t) > 0.3 and spread(t) < 0.05
+  with pytest.raises(ValueError, match="class_idx"):
+    tc.planted_targets(theta, names, None, "class")
+  with pytest.raises(ValueError, match="planted_scale"):
+    tc.TrainConfig(planted_scale="breed")
+  # The report's within-class r: a unit equal to the class-scaled target tracks the parameter
+  # within class (r pools the classes' centred values, whose slopes differ by 1/std per class, so
+  # it is just below 1); a pure class detector does not track it at all.
+  breed = np.array([values[lab == c, 0].mean() for c in range(miniworld.NUM_CLASSES)])[lab]
+  r = np.stack([t[:, 0], breed], axis=1)
+  rep = tc.planted_report(r, np.asarray(theta), ((0, "tail_len"), (1, "tail_len")), lab, "class")
+  assert rep[0]["r_within_class"] > 0.98 and rep[0]["rmse_target"] < 1e-5
+  assert abs(rep[1]["r_within_class"]) < 1e-9 and rep[1]["r"] > 0.5
+
+
 @pytest.mark.slow
 def test_planted_loss_drives_the_unit_to_its_parameter():
   """A few steps of a tiny classifier: the planted unit tracks body luminance, unplanted not."""
@@ -113,8 +146,8 @@ def test_planted_loss_drives_the_unit_to_its_parameter():
   model_p, metrics = tc.train(planted_cfg, key=jax.random.key(0), log_fn=lambda s: None)
   model_0, _ = tc.train(tc.TrainConfig(**common), key=jax.random.key(0), log_fn=lambda s: None)
   held = jax.random.key(11)
-  r_p, theta = tc.representations(model_p, held, 256)
-  r_0, theta_0 = tc.representations(model_0, held, 256)
+  r_p, theta, _ = tc.representations(model_p, held, 256)
+  r_0, theta_0, _ = tc.representations(model_0, held, 256)
   np.testing.assert_array_equal(theta, theta_0)  # the same held-out renders
   corr_p = tc.planted_report(r_p, theta, ((unit, "body_luminance"),))[0]["r"]
   corr_0 = tc.planted_report(r_0, theta, ((unit, "body_luminance"),))[0]["r"]

@@ -234,6 +234,25 @@ def test_boundary_check_reads_counterfactual_paths(tmp_path):
   assert "| tail | 0.500 | +1.000 |" in md
 
 
+def test_pair_csv_is_read_by_column_name(tmp_path):
+  """Columns in another order, an extra column: the same numbers; a missing one is an error."""
+  from linkjax import files  # noqa: PLC0415
+  from linkjax.counterfactual import figures as cf_figures  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  pm = rng.normal(size=(3, len(PARTS), M))
+  names = [f"{p}_{m}" for p in PARTS for m in quantify.METRIC_NAMES]
+  header = ["step", "is_boundary", "lpips"] + names[::-1]
+  rows = [[s, int(s == 1), 0.1] + list(pm[s].reshape(-1)[::-1]) for s in range(3)]
+  files.write_csv(tmp_path / "p.csv", header, rows)
+  vals, boundary = cf_figures.read_pair_csv(tmp_path / "p.csv", PARTS)
+  assert boundary == 1
+  np.testing.assert_allclose(vals, pm, rtol=1e-8)
+  files.write_csv(tmp_path / "q.csv", header[:-1], [r[:-1] for r in rows])
+  with pytest.raises(ValueError, match=f"{PARTS[0]}_{quantify.METRIC_NAMES[0]}"):
+    cf_figures.read_pair_csv(tmp_path / "q.csv", PARTS)
+
+
 def test_boundary_change_signed():
   pm = np.ones((3, 2, M))
   pm[:, 0, quantify.AREA] = [1.0, 0.5, 0.8]

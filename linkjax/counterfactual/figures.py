@@ -113,6 +113,30 @@ def write_pair_csv(path: pathlib.Path, a: PairAnalysis, orig: int, target: int,
   files.write_csv(path, header, rows)
 
 
+def read_pair_csv(path: pathlib.Path, part_names: tuple[str, ...]) -> tuple[np.ndarray, int]:
+  """A `write_pair_csv` table -> (relative part metrics [T, L, M], boundary row or -1).
+
+  Columns are found by name (`{part}_{metric}` for the L `part_names`, background excluded, and
+  `is_boundary`); a missing column is a ValueError naming it.
+  """
+  text = pathlib.Path(path).read_text().splitlines()
+  if not text:
+    raise ValueError(f"{path}: empty pair table")
+  header = text[0].split(",")
+  want = [f"{p}_{m}" for p in part_names for m in quantify.METRIC_NAMES] + ["is_boundary"]
+  missing = [c for c in want if c not in header]
+  if missing:
+    raise ValueError(f"{path}: no column(s) {missing[:3]}{'...' if len(missing) > 3 else ''}")
+  rows = [r.split(",") for r in text[1:] if r]
+  if any(len(r) != len(header) for r in rows):
+    raise ValueError(f"{path}: rows of a different length than the header")
+  cols = [header.index(c) for c in want[:-1]]
+  vals = np.array([[float(r[c]) if r[c] != "" else np.nan for c in cols] for r in rows],
+                  np.float64).reshape(len(rows), len(part_names), len(quantify.METRIC_NAMES))
+  flags = [int(r[header.index("is_boundary")]) for r in rows]
+  return vals, (flags.index(1) if 1 in flags else -1)
+
+
 def plot_boundary_flow(path: pathlib.Path, a: PairAnalysis, m: dict[str, np.ndarray],
                        orig: int, target: int) -> None:
   """The frames around the decision boundary and the motion between them

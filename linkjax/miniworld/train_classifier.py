@@ -12,9 +12,13 @@ Planted units (`TrainConfig.planted`, for the planted-truth validation,
 parameter each*, the other units free. The auxiliary loss is the MSE between r[:, unit] (post-ReLU
 global-average-pooled features, so non-negative) and an affine map of the parameter's z-score to r's
 typical range, `PLANTED_TARGET_MEAN + PLANTED_TARGET_STD * (value - mean) / std`, where (mean, std)
-are the parameter's moments under the world's class-balanced distribution (`param_moments`). The
-parameter's value comes from the same theta that rendered the image, so the unit must read it off
-the picture. The whole loss is `cross_entropy + planted_weight * mean_over_units(MSE)`; with no
+are the parameter's moments under the world's class-balanced distribution (`planted_scale='world'`)
+or within the image's class (`'class'`; `param_moments`). The parameter's value comes from the
+same theta that rendered the image, so the unit must read it off the picture. With the world's
+moments a unit can meet most of its target by encoding the breed (breeds differ in every
+parameter's mean): the first planted classifier did (within-breed r 0.06-0.51 on generated
+images), and a sweep of such a unit changes the breed, not the part. Within-class z-scores have
+the same mean in every class, so only the within-breed variation of the parameter pays. The whole loss is `cross_entropy + planted_weight * mean_over_units(MSE)`; with no
 planted units the step is the plain classification step.
 
 Families: 'resnet' (the shipped classifier: a bottleneck ResNet, one block per stage) or 'vgg'
@@ -75,6 +79,8 @@ class TrainConfig:
     planted: ((unit, parameter), ...): units of R trained to encode a parameter each (names from
       `PLANTABLE`); empty: a plain classifier.
     planted_weight: weight of the planted units' mean squared error in the loss.
+    planted_scale: 'world' (z-score with the class-balanced moments) or 'class' (with the moments
+      of the image's class; see the module docstring).
   """
   family: str = "resnet"
   width: int = 16
@@ -91,6 +97,7 @@ class TrainConfig:
   noise_std: float = 0.02
   planted: tuple[tuple[int, str], ...] = ()
   planted_weight: float = 1.0
+  planted_scale: str = "world"
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -105,9 +112,13 @@ class TrainConfig:
       raise ValueError(f"planted units must be distinct and >= 0, got {units}")
     if not np.isfinite(self.planted_weight) or self.planted_weight < 0:
       raise ValueError(f"planted_weight must be finite and >= 0, got {self.planted_weight}")
+    if self.planted_scale not in PLANTED_SCALES:
+      raise ValueError(f"planted_scale must be one of {PLANTED_SCALES}, got "
+                       f"{self.planted_scale!r}")
 
 
 FAMILIES = ("resnet", "vgg")
+PLANTED_SCALES = ("world", "class")
 
 # Parameters a unit can be planted with: every renderer parameter, plus the body colour's true
 # luminance (ITU-R 601 luma of its flat RGB colour, which is what the part metric 'luminance'
@@ -156,11 +167,18 @@ def param_values(theta: jax.Array, names: tuple[str, ...]) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def param_moments(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and std [K] of each parameter under the class-balanced world distribution.
+def param_moments(names: tuple[str, ...], per_class: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and std of each parameter under the world's distribution.
 
-  Estimated once from `_MOMENT_SAMPLES` draws of a fixed PRNG stream, so they are constants of
-  the world (the same in training, evaluation and the validation).
+  Estimated once from `_MOMENT_SAMPLES` class-balanced draws of a fixed PRNG stream, so they are
+  constants of the world (the same in training, evaluation and the validation).
+
+  Args:
+    names: K names from `PLANTABLE`.
+    per_class: moments within each class instead of over the class-balanced mixture.
+  Returns:
+    (mean, std): [K] float32, or [NUM_CLASSES, K] with `per_class`.
   """
   n = _MOMENT_SAMPLES
   # Constants of the world: evaluated eagerly even when first asked for inside a jitted step.
@@ -168,12 +186,40 @@ def param_moments(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     labels = jnp.arange(n, dtype=jnp.int32) % world.NUM_CLASSES
     theta = world.sample_theta(jax.random.key(_MOMENT_SEED), labels)
     v = np.asarray(param_values(theta, names), np.float64)
-  return v.mean(axis=0).astype(np.float32), v.std(axis=0).astype(np.float32)
+  if not per_class:
+    return v.mean(axis=0).astype(np.float32), v.std(axis=0).astype(np.float32)
+  labels = np.asarray(labels)
+  mean = np.stack([v[labels == c].mean(axis=0) for c in range(world.NUM_CLASSES)])
+  std = np.stack([v[labels == c].std(axis=0) for c in range(world.NUM_CLASSES)])
+  if not np.all(std > 0):
+    bad = sorted({names[k] for k in np.argwhere(~(std > 0))[:, 1]})
+    raise ValueError(f"parameters {bad} do not vary within every class; plant them with "
+                     "planted_scale='world'")
+  return mean.astype(np.float32), std.astype(np.float32)
 
 
-def planted_targets(theta: jax.Array, names: tuple[str, ...]) -> jax.Array:
-  """The planted units' regression targets: [B, THETA_DIM] -> [B, K] float32 (see module doc)."""
-  mean, std = param_moments(tuple(names))
+def planted_targets(theta: jax.Array, names: tuple[str, ...], class_idx: jax.Array | None = None,
+                    scale: str = "world") -> jax.Array:
+  """The planted units' regression targets (see the module docstring).
+
+  Args:
+    theta: [B, THETA_DIM] in [-1, 1].
+    names: K names from `PLANTABLE`.
+    class_idx: [B] int classes of the images (needed with scale 'class').
+    scale: 'world' or 'class' (`TrainConfig.planted_scale`).
+  Returns:
+    [B, K] float32.
+  """
+  if scale not in PLANTED_SCALES:
+    raise ValueError(f"scale must be one of {PLANTED_SCALES}, got {scale!r}")
+  if scale == "class":
+    if class_idx is None:
+      raise ValueError("planted targets scaled within class need class_idx")
+    mean, std = param_moments(tuple(names), per_class=True)
+    c = jnp.asarray(class_idx, jnp.int32)
+    mean, std = jnp.asarray(mean)[c], jnp.asarray(std)[c]
+  else:
+    mean, std = param_moments(tuple(names))
   zscore = (param_values(theta, names) - jnp.asarray(mean)) / jnp.asarray(std)
   return jnp.float32(PLANTED_TARGET_MEAN) + jnp.float32(PLANTED_TARGET_STD) * zscore
 
@@ -264,7 +310,7 @@ def _make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                      batch_size: int, resize: int | None, crop: int | None,
                      blur_sigma_max: float = 0.0, noise_std: float = 0.0,
                      planted: tuple[tuple[int, str], ...] = (),
-                     planted_weight: float = 0.0) -> Callable:
+                     planted_weight: float = 0.0, planted_scale: str = "world") -> Callable:
   """A jitted step (params, stats, opt_state, key) -> (params, stats, opt_state, loss, acc,
   planted_mse); loss is the total loss, planted_mse 0 without planted units."""
   units = jnp.asarray([u for u, _ in planted], jnp.int32)
@@ -283,7 +329,7 @@ def _make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
       mse = jnp.float32(0.0)
       if planted:  # without planted units the step is exactly the classification step
-        target = jax.lax.stop_gradient(planted_targets(theta, names))
+        target = jax.lax.stop_gradient(planted_targets(theta, names, labels, planted_scale))
         mse = jnp.mean(jnp.square(acts["r"][:, units] - target))
         loss = loss + jnp.float32(planted_weight) * mse
       return loss, (acc, mse)
@@ -340,16 +386,16 @@ def evaluate(model: nnx.Module, key: jax.Array, num_images: int,
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "batch_size", "resize", "crop"))
 def _r_batch(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, batch_size: int,
-             resize: int | None, crop: int | None) -> tuple[jax.Array, jax.Array]:
-  images, _, theta = render_batch_with_theta(key, batch_size)
+             resize: int | None, crop: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  images, labels, theta = render_batch_with_theta(key, batch_size)
   model = nnx.merge(graphdef, state)
   _, acts = model(preprocess.classifier_input(images, resize=resize, crop=crop))
-  return acts["r"], theta
+  return acts["r"], theta, labels
 
 
 def representations(model: nnx.Module, key: jax.Array, num_images: int,
-                    batch_size: int = 250) -> tuple[np.ndarray, np.ndarray]:
-  """R and the true theta of fresh (unaugmented) renders, classes drawn uniformly.
+                    batch_size: int = 250) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """R, the true theta and the class of fresh (unaugmented) renders, classes drawn uniformly.
 
   Args:
     model: an inference-mode classifier.
@@ -357,17 +403,16 @@ def representations(model: nnx.Module, key: jax.Array, num_images: int,
     num_images: images (rounded up to whole batches).
     batch_size: images per jitted call.
   Returns:
-    (r [N, R] float32, theta [N, THETA_DIM] float32).
+    (r [N, R] float32, theta [N, THETA_DIM] float32, class_idx [N] int32).
   """
   graphdef, state = nnx.split(model)
   batch_size = min(batch_size, num_images)
-  rs, thetas = [], []
+  out = []
   for i in range(-(-num_images // batch_size)):
-    r, t = _r_batch(graphdef, state, jax.random.fold_in(key, i), batch_size,
-                    model.config.resize, model.config.crop)
-    rs.append(np.asarray(r))
-    thetas.append(np.asarray(t))
-  return np.concatenate(rs), np.concatenate(thetas)
+    out.append(jax.device_get(_r_batch(graphdef, state, jax.random.fold_in(key, i), batch_size,
+                                       model.config.resize, model.config.crop)))
+  r, theta, labels = (np.concatenate(x) for x in zip(*out))
+  return r, theta, labels.astype(np.int32)
 
 
 def _centre(x: np.ndarray, class_idx: np.ndarray | None) -> np.ndarray:
@@ -405,31 +450,45 @@ def unit_correlations(r: np.ndarray, theta: np.ndarray, names: Sequence[str],
   return out
 
 
-def planted_report(r: np.ndarray, theta: np.ndarray,
-                   planted: tuple[tuple[int, str], ...]) -> list[dict[str, Any]]:
+def planted_report(r: np.ndarray, theta: np.ndarray, planted: tuple[tuple[int, str], ...],
+                   class_idx: np.ndarray | None = None,
+                   scale: str = "world") -> list[dict[str, Any]]:
   """How well each planted unit encodes its parameter, and how well any other unit does.
 
   Args:
     r: [N, R] activations; theta: [N, THETA_DIM] the true parameters of the same images.
     planted: ((unit, parameter), ...).
+    class_idx: [N] classes of the images: adds the within-class correlations (and is needed
+      for the targets with scale 'class').
+    scale: the targets' z-scoring (`TrainConfig.planted_scale`).
   Returns:
     one dict per planted unit: 'unit', 'param', 'r' (Pearson r of r[:, unit] with the
     parameter), 'rmse_target' (RMS error against the training target), 'best_other_unit' and
-    'best_other_r' (the unit with the largest |r| among all other units, and that r), 'n'.
+    'best_other_r' (the unit with the largest |r| among all other units, and that r), 'n';
+    with class_idx also 'r_within_class', 'best_other_unit_within_class' and
+    'best_other_r_within_class' (the same after subtracting each class's means).
   """
   names = tuple(n for _, n in planted)
-  targets = np.asarray(planted_targets(jnp.asarray(theta), names), np.float64)
-  corrs = unit_correlations(r, theta, names)
+  targets = np.asarray(planted_targets(jnp.asarray(theta), names, class_idx, scale), np.float64)
+  pooled = unit_correlations(r, theta, names)
+  within = None if class_idx is None else unit_correlations(r, theta, names, class_idx=class_idx)
   out = []
   for k, (unit, name) in enumerate(planted):
-    corr = corrs[name]
-    others = np.abs(corr).copy()
-    others[unit] = -1.0
-    best = int(np.argmax(others))
-    own = float(corr[unit]) if np.std(r[:, unit]) > 0 else float("nan")  # NaN: a constant unit
-    out.append({"unit": int(unit), "param": name, "r": own,
-                "rmse_target": float(np.sqrt(np.mean((r[:, unit] - targets[:, k]) ** 2))),
-                "best_other_unit": best, "best_other_r": float(corr[best]), "n": int(len(r))})
+    entry = {"unit": int(unit), "param": name,
+             "rmse_target": float(np.sqrt(np.mean((r[:, unit] - targets[:, k]) ** 2))),
+             "n": int(len(r))}
+    for suffix, corrs in (("", pooled), ("_within_class", within)):
+      if corrs is None:
+        continue
+      corr = corrs[name]
+      others = np.abs(corr).copy()
+      others[unit] = -1.0
+      best = int(np.argmax(others))
+      # NaN: a constant unit (unit_correlations gives 0 there).
+      entry["r" + suffix] = float(corr[unit]) if np.std(r[:, unit]) > 0 else float("nan")
+      entry["best_other_unit" + suffix] = best
+      entry["best_other_r" + suffix] = float(corr[best])
+    out.append(entry)
   return out
 
 
@@ -474,7 +533,7 @@ def train(config: TrainConfig, *, key: jax.Array,
     raise ValueError(f"planted units {bad} outside R's {r_dim} units")
   step_fn = _make_train_step(graphdef, tx, config.batch_size, mconf.resize, mconf.crop,
                              config.blur_sigma_max, config.noise_std, config.planted,
-                             config.planted_weight)
+                             config.planted_weight, config.planted_scale)
   data_key = jax.random.fold_in(key, 1)
 
   t0 = time.time()
@@ -504,16 +563,18 @@ def train(config: TrainConfig, *, key: jax.Array,
          f"per class {[round(a, 3) for a in metrics['per_class']]}; "
          f"training {train_seconds:.1f} s")
   if config.planted:
-    r, theta = representations(model, jax.random.fold_in(key, 3), config.eval_images)
-    report = planted_report(r, theta, config.planted)
+    r, theta, labels = representations(model, jax.random.fold_in(key, 3), config.eval_images)
+    report = planted_report(r, theta, config.planted, labels, config.planted_scale)
     mean, std = param_moments(tuple(n for _, n in config.planted))
     for k, entry in enumerate(report):
       entry.update(param_mean=float(mean[k]), param_std=float(std[k]))
-      log_fn(f"planted unit {entry['unit']} ({entry['param']}): r = {entry['r']:.3f} on "
-             f"{entry['n']} held-out renders (best other unit {entry['best_other_unit']}: "
-             f"r = {entry['best_other_r']:.3f})")
+      log_fn(f"planted unit {entry['unit']} ({entry['param']}): r = {entry['r']:.3f}, within "
+             f"class {entry['r_within_class']:.3f} on {entry['n']} held-out renders (best other "
+             f"unit within class {entry['best_other_unit_within_class']}: "
+             f"r = {entry['best_other_r_within_class']:.3f})")
     metrics.update(planted=report, planted_target=[PLANTED_TARGET_MEAN, PLANTED_TARGET_STD],
-                   planted_weight=config.planted_weight, final_planted_mse=float(mse))
+                   planted_weight=config.planted_weight, planted_scale=config.planted_scale,
+                   final_planted_mse=float(mse))
   return model, metrics
 
 

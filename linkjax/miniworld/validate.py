@@ -81,6 +81,7 @@ import scipy.stats
 from linkjax import bundle as bundle_lib
 from linkjax import files, jobs, pairs, quantify, sweep as sweep_lib, unit_analysis
 from linkjax import miniworld as world
+from linkjax.counterfactual import figures as cf_figures
 from linkjax.miniworld import groundtruth, train_classifier
 from linkjax.models import stylegan_ops
 from linkjax.miniworld import truth as truth_lib
@@ -302,19 +303,6 @@ def rank_agreement(method: Any, truth: Any, names: Sequence[str], k: int = TOP_K
           "truth_top1_method_rank": int(np.flatnonzero(mo == to[0])[0]) + 1}
 
 
-def _read_path_csv(path: pathlib.Path, n_parts: int) -> tuple[np.ndarray, int]:
-  """A counterfactual pair CSV -> (relative part metrics [T, L, M], boundary index or -1)."""
-  text = path.read_text().splitlines()
-  header = text[0].split(",")
-  rows = [r.split(",") for r in text[1:] if r]
-  n_m = len(quantify.METRIC_NAMES)
-  first = len(header) - n_parts * n_m
-  vals = np.array([[float(x) if x != "" else np.nan for x in r[first:]] for r in rows],
-                  np.float64).reshape(len(rows), n_parts, n_m)
-  flags = [int(r[header.index("is_boundary")]) for r in rows]
-  return vals, (flags.index(1) if 1 in flags else -1)
-
-
 def boundary_check(cf_dir: str | os.PathLike, part_names: Sequence[str], *, key: jax.Array,
                    n_renders: int = 500, batch: int = 100) -> dict[str, Any]:
   """Compares the parts a counterfactual experiment changes with how the two breeds differ.
@@ -347,7 +335,7 @@ def boundary_check(cf_dir: str | os.PathLike, part_names: Sequence[str], *, key:
   for i, p in enumerate(summary["pairs"]):
     if not p["success"]:
       continue
-    pm, boundary = _read_path_csv(cf_dir / f"pair{i}.csv", n_l)
+    pm, boundary = cf_figures.read_pair_csv(cf_dir / f"pair{i}.csv", tuple(part_names))
     if boundary < 0:  # the search's last check passed but the analysed path never flipped
       continue
     changes.append(path_changes(pm, boundary))
