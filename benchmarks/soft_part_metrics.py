@@ -40,7 +40,7 @@ _N = flags.DEFINE_integer("n", 200, "Generated images (the world stage's quality
 _SEED = flags.DEFINE_integer("seed", 0, "The demo's seed.")
 _MIN_AREA = flags.DEFINE_float("min_area", 5.0, "Minimum part area (px at 64 x 64).")
 
-_LUMA = jnp.asarray((0.299, 0.587, 0.114), jnp.float32)
+_LUMA = jnp.asarray(quantify.LUMA, jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from linkjax import motion_affine as ma
+from linkjax import quantify
 
 if TYPE_CHECKING:  # annotations only: motion imports this module
   from linkjax.motion import MotionConfig
@@ -103,7 +104,7 @@ def _patch_descriptor(img: jax.Array, r: int, eps: float, colour_weight: float,
                       grey: bool = False) -> jax.Array:
   """[h, w, 3] -> [h, w, c (2r+1)^2 + 3]: centred, normalised patch (c = 3, or 1 on the
   luminance if grey) and the weighted colour."""
-  src = img @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32)[:, None] if grey else img
+  src = img @ jnp.asarray(quantify.LUMA, jnp.float32)[:, None] if grey else img
   h, w, c = src.shape
   p = _shifts(src, r)
   p = p - p.mean(axis=2, keepdims=True)

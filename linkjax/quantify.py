@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as in the reference's luminance
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as in the reference's luminance
 _GRAY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray weights, as in the reference's entropy
 _N_GREY = 256
 ENTROPY_RADIUS = 5  # disk radius of the local entropy, as the reference's disk(5)
@@ -171,7 +171,7 @@ def _area(p: PartMasks) -> jax.Array:
 
 
 def _luminance(p: PartMasks) -> jax.Array:
-  return p.mean(p.image @ jnp.asarray(_LUMA, jnp.float32))
+  return p.mean(p.image @ jnp.asarray(LUMA, jnp.float32))
 
 
 def _entropy(p: PartMasks) -> jax.Array:

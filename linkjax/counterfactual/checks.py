@@ -25,28 +25,29 @@ def predict(models: Any, params: Params, r: Array, shift: Array) -> Array:
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
-def over_pending(render_group: Callable[[Array, Array, int], Array], pending: Array,
-                  group: int, width: int) -> tuple[Array, Array, Array]:
-  """Runs `render_group` on the pending pairs only, compacted into groups of `group`.
+def compacted_map(fn: Callable[[Array, Array, int], Array], pending: Array, group: int,
+                  out: Array, width: int = 1) -> tuple[Array, Array, Array]:
+  """Runs `fn` on the pending rows only, compacted into groups of `group`.
 
   Args:
-    render_group: (gidx [n], valid [n], n) -> first [n] int32 (-1: no hit) for n pairs.
-    pending: [P] bool pairs to check.
-    group: pairs per full group; the tail is checked one pair at a time (no padded renders).
-    width: images rendered per pair and call (for the count).
+    fn: (idx [n], valid [n], n) -> [n, ...] values for n rows (idx clamped into range; rows
+      with valid False are padding, their values are dropped).
+    pending: [P] bool rows to run.
+    group: rows per full group; the tail runs one row at a time (no padded renders).
+    out: [P, ...] initial values, kept where not pending.
+    width: images rendered per row and call (for the count).
   Returns:
-    (first [P] int32, render calls, images rendered).
+    (out with the pending rows filled, calls, images rendered).
   """
-  num_pairs = pending.shape[0]
+  num_rows = pending.shape[0]
 
   def run(size):
     def body(s):
-      first, todo, n, n_img = s
-      idx = jnp.nonzero(todo, size=size, fill_value=num_pairs)[0]  # num_pairs marks padding
-      valid = idx < num_pairs
-      fj = render_group(jnp.minimum(idx, num_pairs - 1), valid, size)
-      return (first.at[idx].set(fj, mode="drop"), todo.at[idx].set(False, mode="drop"),
-              n + 1, n_img + width * size)
+      res, todo, n, n_img = s
+      idx = jnp.nonzero(todo, size=size, fill_value=num_rows)[0]  # num_rows marks padding
+      vals = fn(jnp.minimum(idx, num_rows - 1), idx < num_rows, size)
+      return (res.at[idx].set(vals.astype(res.dtype), mode="drop"),
+              todo.at[idx].set(False, mode="drop"), n + 1, n_img + width * size)
     return body
 
   def body(s):
@@ -54,9 +55,17 @@ def over_pending(render_group: Callable[[Array, Array, int], Array], pending: Ar
       return run(1)(s)
     return jax.lax.cond(jnp.sum(s[1]) >= group, run(group), run(1), s)
 
-  init = (jnp.full((num_pairs,), -1, jnp.int32), pending, jnp.int32(0), jnp.int32(0))
-  first, _, n, n_img = jax.lax.while_loop(lambda s: jnp.any(s[1]), body, init)
-  return first, n, n_img
+  res, _, n, n_img = jax.lax.while_loop(lambda s: jnp.any(s[1]), body,
+                                        (out, pending, jnp.int32(0), jnp.int32(0)))
+  return res, n, n_img
+
+
+def over_pending(render_group: Callable[[Array, Array, int], Array], pending: Array,
+                 group: int, width: int) -> tuple[Array, Array, Array]:
+  """`compacted_map` of a hit search: render_group (gidx [n], valid [n], n) -> first [n] int32
+  (-1: no hit); returns (first [P] int32, -1 where not pending, render calls, images)."""
+  return compacted_map(render_group, pending, group,
+                       jnp.full((pending.shape[0],), -1, jnp.int32), width)
 
 
 def check_window(models, params, r, target, buf, done, n_valid, group):
@@ -142,8 +151,8 @@ def target_margin(logits: Array, target: Array) -> Array:
 
 
 def render_rows(models: Any, params: Params, w: Array, pending: Array, group: int
-                 ) -> tuple[Array, Array, Array]:
-  """render_classify of the pending rows of w only, compacted into groups of `group`.
+                ) -> tuple[Array, Array, Array]:
+  """render_classify of the pending rows of w only (`compacted_map`).
 
   Args:
     w: [P, W] latents; pending: [P] bool rows to render.
@@ -151,26 +160,9 @@ def render_rows(models: Any, params: Params, w: Array, pending: Array, group: in
   Returns:
     (logits [P, K] (zeros where not pending), render calls, images rendered).
   """
-  num_rows = w.shape[0]
   k = jax.eval_shape(lambda x: models.render_classify(params, x), w[:1]).shape[-1]
-
-  def run(size):
-    def body(s):
-      out, todo, n, n_img = s
-      idx = jnp.nonzero(todo, size=size, fill_value=num_rows)[0]  # num_rows marks padding
-      logits = models.render_classify(params, w[jnp.minimum(idx, num_rows - 1)])
-      return (out.at[idx].set(logits.astype(out.dtype), mode="drop"),
-              todo.at[idx].set(False, mode="drop"), n + 1, n_img + size)
-    return body
-
-  def body(s):
-    if group == 1:
-      return run(1)(s)
-    return jax.lax.cond(jnp.sum(s[1]) >= group, run(group), run(1), s)
-
-  init = (jnp.zeros((num_rows, k), jnp.float32), pending, jnp.int32(0), jnp.int32(0))
-  out, _, n, n_img = jax.lax.while_loop(lambda s: jnp.any(s[1]), body, init)
-  return out, n, n_img
+  return compacted_map(lambda idx, valid, size: models.render_classify(params, w[idx]),
+                       pending, group, jnp.zeros((w.shape[0], k), jnp.float32))
 
 
 class Anchor(NamedTuple):
@@ -214,23 +206,24 @@ def check_head(models, params, config, r, target, buf, done, n_valid, group, anc
     searching = jnp.logical_and(~done, hit < 0)
     forced = jnp.logical_and(jj == n_valid - 1, jnp.logical_and(force, ~rendered)[None])
     swept = jnp.logical_and(sweep_end[None] >= 0, jj < sweep_end[None])
-    ok = jnp.logical_or(jnp.logical_or(screen(a), forced), swept)
+    screened = screen(a)
+    ok = jnp.logical_or(jnp.logical_or(screened, forced), swept)
     in_range = jnp.logical_and(jj >= pos[None], jj < n_valid)
-    return jnp.logical_and(ok, jnp.logical_and(in_range, searching[None])), swept
+    return jnp.logical_and(ok, jnp.logical_and(in_range, searching[None])), swept, screened
 
   def cond(s):
     return jnp.any(candidates(s)[0])
 
   def body(s):
     a, pos, hit, sweep_end, rendered, n, n_img = s
-    cand, swept = candidates(s)
+    cand, swept, screened = candidates(s)
     has = jnp.any(cand, axis=0)
     nxt = jnp.argmax(cand, axis=0).astype(jnp.int32)
     logits, dn, dimg = render_rows(models, params, w[nxt, pidx], has, group)
     is_hit = jnp.logical_and(has, jnp.argmax(logits, axis=-1).astype(jnp.int32) == target)
     # A hit at an iterate the screen did not pass (the safety cap's forced render) means the
     # screen missed this window: render its earlier iterates in order to locate the first flip.
-    unscreened = ~screen(a)[nxt, pidx]
+    unscreened = ~screened[nxt, pidx]
     start_sweep = jnp.logical_and(is_hit, jnp.logical_and(unscreened, ~swept[nxt, pidx]))
     hit = jnp.where(jnp.logical_and(is_hit, ~start_sweep), nxt, hit)
     sweep_end = jnp.where(start_sweep, nxt, sweep_end)

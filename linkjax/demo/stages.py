@@ -42,6 +42,8 @@ class Context:
           " (the built-in world's weights ship in linkjax/miniworld/weights/; see README)"
           if cfg.shipped else ""))
     self._bundle: tuple[bundle_lib.ModelBundle, Any] | None = None
+    # The classifier's planted (unit, parameter) map (its metrics.json), read once; () for none.
+    self.planted: tuple[tuple[int, str], ...] = validate_lib.read_planted(self.paths["classifier"])
 
   @property
   def models(self) -> tuple[bundle_lib.ModelBundle, Any]:
@@ -90,11 +92,6 @@ class Context:
   @property
   def min_area(self) -> float:
     return min_area_for(self.models[0].mask_resolution, self.cfg.units.min_area)
-
-  @property
-  def planted(self) -> tuple[tuple[int, str], ...]:
-    """The classifier's planted (unit, parameter) map (its metrics.json); () for none."""
-    return validate_lib.read_planted(self.paths["classifier"])
 
 
 def world(ctx: Context, d: pathlib.Path) -> dict[str, Any]:

@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from linkjax import checkpoint, files, models, preprocess
+from linkjax import checkpoint, files, models, preprocess, quantify
 from linkjax import miniworld as world
 from linkjax.models import resnet, vgg
 
@@ -160,7 +160,7 @@ def param_values(theta: jax.Array, names: tuple[str, ...]) -> jax.Array:
   for name in names:
     if name == "body_luminance":
       body = world.part_colours(theta)[..., world.PART_NAMES.index("body") - 1, :]
-      cols.append(body @ jnp.asarray((0.299, 0.587, 0.114), jnp.float32))
+      cols.append(body @ jnp.asarray(quantify.LUMA, jnp.float32))
     else:
       cols.append(phys[name])
   return jnp.stack(cols, axis=-1).astype(jnp.float32)
