@@ -57,6 +57,15 @@ def test_score_units_right_wrong_ranks_and_false_discoveries():
   sp_top[7] = 1.0  # the sparsest unit: percentile 100; units 2 and 5 at 25 and 50
   top = validate.score_units(v, np.arange(12), planted, PARTS, sparsity=sp_top)
   assert top["n_sparsity_top_decile"] == 1 and top["planted"][2]["sparsity_percentile"] == 100
+  # The per-metric sparsity is read on each planted unit's expected metric only.
+  msp = np.zeros((12, M))
+  msp[2, quantify.METRIC_NAMES.index("area")] = 1.0       # ear unit: sparsest on area
+  msp[7, quantify.METRIC_NAMES.index("area")] = 1.0       # body-luminance unit: on the wrong one
+  msp[:, quantify.METRIC_NAMES.index("luminance")] = np.linspace(0, 1, 12)[::-1]
+  ms = validate.score_units(v, np.arange(12), planted, PARTS, metric_sparsity=msp)
+  got = [e["metric_sparsity_percentile"] for e in ms["planted"]]
+  assert got[0] == 100 and got[2] == pytest.approx(100 * 5 / 12)
+  assert ms["n_metric_sparsity_top_decile"] == 1 and ms["n_sparsity_top_decile"] is None
   # Units are matched by index, not position.
   shuffled = validate.score_units(v[::-1], np.arange(12)[::-1], planted, PARTS, sparsity=sp[::-1])
   for got, want in zip(shuffled["planted"], out["planted"]):
@@ -143,6 +152,7 @@ def test_recover_on_a_hand_made_sweep():
     e = res["planted"][0]
     assert e["right"] and e["signed_change"] == pytest.approx(0.5, abs=0.05)
     assert e["sparsity_percentile"] == 100.0 and res["false_discoveries"] == 0
+    assert e["metric_sparsity_percentile"] == 100.0
 
 
 # --------------------------------------------------------------------------- boundary check

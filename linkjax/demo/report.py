@@ -254,7 +254,7 @@ def _number_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             "class_relevant_units_any", "counterfactual_success_rate",
             "counterfactual_median_steps", "planted_right", "planted_part_right",
             "planted_false_discoveries", "planted_explained_discoveries",
-            "planted_sparsity_top_decile",
+            "planted_sparsity_top_decile", "planted_metric_sparsity_top_decile",
             "planted_right_entry_scaling", "planted_false_discoveries_entry_scaling",
             "total_wall_s", "total_cpu_s"):
     if k in summary:
@@ -383,11 +383,13 @@ def build_summary(ctx: Context, results: dict[str, dict[str, Any]]) -> dict[str,
              planted_false_discoveries=rec["false_discoveries"],
              planted_explained_discoveries=rec["explained_discoveries"],
              planted_sparsity_top_decile=rec["n_sparsity_top_decile"],
+             planted_metric_sparsity_top_decile=rec.get("n_metric_sparsity_top_decile"),
              planted_right_entry_scaling=ent["n_right"],
              planted_false_discoveries_entry_scaling=ent["false_discoveries"],
              planted_recovery=[{k: e.get(k) for k in (
                  "unit", "param", "expected_part", "expected_metric", "top_part", "top_metric",
-                 "right", "sparsity_percentile", "false_discoveries")} for e in rec["planted"]])
+                 "right", "sparsity_percentile", "metric_sparsity_percentile",
+                 "false_discoveries")} for e in rec["planted"]])
     if "boundary" in va:
       pm = va["boundary"]["per_metric"]
       s.update(boundary_spearman={f"{m}_{stat}": v[stat]["spearman"]
