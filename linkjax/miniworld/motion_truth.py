@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from linkjax import miniworld as rw
+from linkjax import motion_affine as ma
+from linkjax import motion_flow
 from linkjax.miniworld.render import (  # the renderer's own geometry
   _sd_capsule,
   _sd_ellipse,
@@ -240,15 +242,10 @@ def warp_render(images: jax.Array, masks: jax.Array, affine: jax.Array
     or is background (masks).
   """
   def one(img, m, a):
-    inv = jnp.linalg.inv(a[:, :2])
-    iy, ix = jnp.meshgrid(jnp.arange(rw.SIZE, dtype=jnp.float32),
-                          jnp.arange(rw.SIZE, dtype=jnp.float32), indexing="ij")
-    q = jnp.einsum("ij,hwj->hwi", inv, jnp.stack([ix, iy], -1) - a[:, 2])
-    sx, sy = q[..., 0], q[..., 1]
-    warped = jax.vmap(lambda ch: jax.scipy.ndimage.map_coordinates(
-        ch, [sy, sx], order=1, mode="nearest"), in_axes=2, out_axes=2)(img)
+    inv = ma.invert_affine(a)
+    sx, sy = ma.apply_affine(inv, *motion_flow.grid(rw.SIZE, rw.SIZE))
     rx, ry = jnp.round(sx).astype(jnp.int32), jnp.round(sy).astype(jnp.int32)
     inside = (rx >= 0) & (rx < rw.SIZE) & (ry >= 0) & (ry < rw.SIZE)
     mm = jnp.where(inside, m[jnp.clip(ry, 0, rw.SIZE - 1), jnp.clip(rx, 0, rw.SIZE - 1)], 0)
-    return warped, mm
+    return motion_flow.warp_map(img, inv), mm
   return jax.vmap(one)(images, masks, affine)
