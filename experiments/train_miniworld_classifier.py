@@ -15,6 +15,7 @@ with `metrics.json` (held-out accuracy, training time, config, seed) beside it.
 from absl import flags, logging
 
 from linkjax import cli
+from linkjax.demo import config as demo_config
 from linkjax.miniworld import train_classifier
 
 
@@ -57,6 +58,16 @@ _PLANTED = flags.DEFINE_string(
 _PLANTED_WEIGHT = flags.DEFINE_float("planted_weight", _DEFAULTS.planted_weight,
                                      "Weight of the planted units' mean squared error in the "
                                      "loss (classification loss has weight 1).")
+_GENERATED_FRACTION = flags.DEFINE_float(
+    "generated_fraction", _DEFAULTS.generated_fraction,
+    "Share of each training batch drawn from a pool of generated images G(z, c) at psi 1 with "
+    "their true parameters (the rest are renders); > 0 needs --generator.")
+_GENERATED_POOL = flags.DEFINE_integer("generated_pool", _DEFAULTS.generated_pool,
+                                       "Generated training images in the pool.")
+_GENERATOR = flags.DEFINE_string(
+    "generator", None, "Miniworld generator checkpoint: the generated training pool and an "
+    "accuracy on held-out generated images (with --generated_fraction > 0 and no value, the "
+    "built-in world's).")
 _PLANTED_SCALE = flags.DEFINE_enum(
     "planted_scale", _DEFAULTS.planted_scale, list(train_classifier.PLANTED_SCALES),
     "z-score of the planted targets: 'world' (moments over all classes) or 'class' (moments "
@@ -72,9 +83,14 @@ def main(argv):
       weight_decay=_WD.value, eval_images=_EVAL.value, log_every=_LOG_EVERY.value,
       blur_sigma_max=_BLUR.value, noise_std=_NOISE.value,
       planted=train_classifier.parse_planted(_PLANTED.value),
-      planted_weight=_PLANTED_WEIGHT.value, planted_scale=_PLANTED_SCALE.value)
-  logging.info("out=%s seed=%d config=%s", _OUT.value, _SEED.value, config)
-  train_classifier.train_and_save(config, _OUT.value, seed=_SEED.value, log_fn=logging.info)
+      planted_weight=_PLANTED_WEIGHT.value, planted_scale=_PLANTED_SCALE.value,
+      generated_fraction=_GENERATED_FRACTION.value, generated_pool=_GENERATED_POOL.value)
+  generator = _GENERATOR.value
+  if generator is None and config.generated_fraction > 0:
+    generator = str(demo_config.BUILTIN["generator"])
+  logging.info("out=%s seed=%d generator=%s config=%s", _OUT.value, _SEED.value, generator, config)
+  train_classifier.train_and_save(config, _OUT.value, seed=_SEED.value, generator_dir=generator,
+                                  log_fn=logging.info)
 
 
 if __name__ == "__main__":

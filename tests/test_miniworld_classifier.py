@@ -154,3 +154,64 @@ def test_planted_loss_drives_the_unit_to_its_parameter():
   assert corr_p > 0.7 and corr_p > abs(corr_0) + 0.3, (corr_p, corr_0)
   assert metrics["planted"][0]["unit"] == unit and metrics["planted"][0]["r"] > 0.7
   assert tc.planted_map(metrics) == ((unit, "body_luminance"),)
+
+
+# ------------------------------------------------------------------ generated training images
+
+GENERATOR = "linkjax/miniworld/weights/generator"
+
+
+def test_generated_pool_holds_what_the_generator_reproduces():
+  """Pool images are G(z, c) at psi 1, labels the classes, theta the parameters whose render
+  the groundtruth module pairs with the same (z, c)."""
+  from linkjax import bundle as bundle_lib  # noqa: PLC0415
+  from linkjax.miniworld import generated_pool, groundtruth  # noqa: PLC0415
+
+  gen = checkpoint.load(GENERATOR, role="generator")
+  key = jax.random.key(3)
+  pool = generated_pool.build(gen, key, 7, batch=4)
+  z, c = groundtruth.heldout_latents(key, 7, gen.config.z_dim)
+  models, params = bundle_lib.ModelBundle.from_models(generator=gen)
+  ref = groundtruth.generate_and_segment(models, params, z, c, psi=1.0, batch=7)
+  np.testing.assert_array_equal(pool.labels, np.arange(7) % miniworld.NUM_CLASSES)
+  assert pool.images.dtype == np.uint8
+  # Batching may change float rounding by one uint8 level, nothing more.
+  assert np.abs(pool.images.astype(int) - ref["images"].astype(int)).max() <= 1
+  true_images, _ = miniworld.render(jnp.asarray(pool.theta))
+  np.testing.assert_allclose(np.asarray(true_images), ref["true_images"], atol=1e-6)
+  # A draw returns stored images exactly after the training path's quantisation.
+  x, lab, th = generated_pool.draw(jax.random.key(0), *(jnp.asarray(a) for a in pool), 20)
+  u8 = np.asarray(tc.images_to_uint8(x))
+  for k in range(20):
+    i = int(np.argmin(np.abs(pool.theta - np.asarray(th[k])).sum(axis=1)))
+    np.testing.assert_array_equal(u8[k], pool.images[i])
+    assert pool.labels[i] == int(lab[k])
+  with pytest.raises(ValueError, match="n > 0"):
+    generated_pool.build(gen, key, 0)
+
+
+def test_training_batch_puts_pool_images_after_renders():
+  rng = np.random.default_rng(0)
+  n_pool = 9
+  pool = (jnp.asarray(rng.integers(0, 256, (n_pool, 64, 64, 3)), jnp.uint8),
+          jnp.arange(n_pool, dtype=jnp.int32) % miniworld.NUM_CLASSES,
+          jnp.asarray(rng.uniform(-1, 1, (n_pool, miniworld.THETA_DIM)), jnp.float32))
+  key = jax.random.key(5)
+  plain = tc.training_batch(key, 8, 0.0, 0.0)
+  for a, b in zip(plain, tc.render_batch_with_theta(key, 8)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  images, labels, theta = (np.asarray(x) for x in tc.training_batch(key, 8, 0.0, 0.0, 3, pool))
+  k_render = jax.random.split(key, 3)[0]
+  renders = [np.asarray(x) for x in tc.render_batch_with_theta(k_render, 5)]
+  np.testing.assert_array_equal(images[:5], renders[0])
+  np.testing.assert_array_equal(theta[:5], renders[2])
+  for k in range(5, 8):  # each generated row is one pool entry, image, label and theta together
+    i = int(np.argmin(np.abs(np.asarray(pool[2]) - theta[k]).sum(axis=1)))
+    np.testing.assert_array_equal(images[k], np.asarray(pool[0][i]))
+    assert labels[k] == int(pool[1][i])
+  only = tc.training_batch(key, 4, 0.0, 0.0, 4, pool)
+  assert only[0].shape == (4, 64, 64, 3)
+  with pytest.raises(ValueError, match="pool"):
+    tc.training_batch(key, 4, 0.0, 0.0, 2, None)
+  with pytest.raises(ValueError, match="generated_fraction"):
+    tc.TrainConfig(generated_fraction=1.5)

@@ -52,6 +52,7 @@ from flax import nnx
 
 from linkjax import checkpoint, files, models, preprocess, quantify
 from linkjax import miniworld as world
+from linkjax.miniworld import generated_pool
 from linkjax.models import resnet, vgg
 
 
@@ -81,6 +82,9 @@ class TrainConfig:
     planted_weight: weight of the planted units' mean squared error in the loss.
     planted_scale: 'world' (z-score with the class-balanced moments) or 'class' (with the moments
       of the image's class; see the module docstring).
+    generated_fraction: share of each batch drawn from a pool of generated images G(z, c) at
+      psi 1 with their true theta (`generated_pool`; needs a generator); the rest are renders.
+    generated_pool: images in that pool.
   """
   family: str = "resnet"
   width: int = 16
@@ -98,6 +102,8 @@ class TrainConfig:
   planted: tuple[tuple[int, str], ...] = ()
   planted_weight: float = 1.0
   planted_scale: str = "world"
+  generated_fraction: float = 0.0
+  generated_pool: int = 20000
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -112,6 +118,10 @@ class TrainConfig:
       raise ValueError(f"planted units must be distinct and >= 0, got {units}")
     if not np.isfinite(self.planted_weight) or self.planted_weight < 0:
       raise ValueError(f"planted_weight must be finite and >= 0, got {self.planted_weight}")
+    if not 0.0 <= self.generated_fraction <= 1.0:
+      raise ValueError(f"generated_fraction must be in [0, 1], got {self.generated_fraction}")
+    if self.generated_fraction > 0 and self.generated_pool < 1:
+      raise ValueError(f"generated_pool must be >= 1, got {self.generated_pool}")
     if self.planted_scale not in PLANTED_SCALES:
       raise ValueError(f"planted_scale must be one of {PLANTED_SCALES}, got "
                        f"{self.planted_scale!r}")
@@ -306,19 +316,53 @@ def render_batch_with_theta(key: jax.Array, batch_size: int, blur_sigma_max: flo
   return images_to_uint8(images), labels, theta
 
 
+def training_batch(key: jax.Array, batch_size: int, blur_sigma_max: float, noise_std: float,
+                   n_generated: int = 0, pool: tuple[jax.Array, ...] | None = None
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One training batch: renders, and with n_generated > 0 that many pool images at the end.
+
+  Args:
+    key: PRNG key (with n_generated 0 the batch is `render_batch_with_theta(key, ...)`).
+    batch_size: images in all.
+    blur_sigma_max, noise_std: augmentation of both kinds of images (`augment`).
+    n_generated: images drawn from the pool (0..batch_size).
+    pool: (images uint8, labels, theta) of a `generated_pool.Pool`, needed with n_generated.
+  Returns:
+    images_uint8 [B, 64, 64, 3], labels [B] int32, theta [B, THETA_DIM] float32.
+  """
+  if not n_generated:
+    return render_batch_with_theta(key, batch_size, blur_sigma_max, noise_std)
+  if pool is None or not 0 < n_generated <= batch_size:
+    raise ValueError(f"{n_generated} generated images of {batch_size} need a pool")
+  k_render, k_pool, k_aug = jax.random.split(key, 3)
+  gx, gl, gt = generated_pool.draw(k_pool, *pool, n_generated)
+  if blur_sigma_max > 0 or noise_std > 0:
+    gx = augment(k_aug, gx, blur_sigma_max, noise_std)
+  parts = [(images_to_uint8(gx), gl, gt)]
+  if batch_size > n_generated:
+    parts.insert(0, render_batch_with_theta(k_render, batch_size - n_generated,
+                                            blur_sigma_max, noise_std))
+  return tuple(jnp.concatenate(p) for p in zip(*parts))
+
+
 def _make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                      batch_size: int, resize: int | None, crop: int | None,
                      blur_sigma_max: float = 0.0, noise_std: float = 0.0,
                      planted: tuple[tuple[int, str], ...] = (),
-                     planted_weight: float = 0.0, planted_scale: str = "world") -> Callable:
-  """A jitted step (params, stats, opt_state, key) -> (params, stats, opt_state, loss, acc,
-  planted_mse); loss is the total loss, planted_mse 0 without planted units."""
+                     planted_weight: float = 0.0, planted_scale: str = "world",
+                     n_generated: int = 0) -> Callable:
+  """A jitted step (params, stats, opt_state, key, pool) -> (params, stats, opt_state, loss, acc,
+  planted_mse); loss is the total loss, planted_mse 0 without planted units. With n_generated >
+  0 that many images of the batch are drawn from pool = (images, labels, theta) of a
+  `generated_pool.Pool` (augmented like the renders); without, pool is None and the step is
+  the renders-only step."""
   units = jnp.asarray([u for u, _ in planted], jnp.int32)
   names = tuple(n for _, n in planted)
 
   @jax.jit
-  def step(params, stats, opt_state, key):
-    images, labels, theta = render_batch_with_theta(key, batch_size, blur_sigma_max, noise_std)
+  def step(params, stats, opt_state, key, pool=None):
+    images, labels, theta = training_batch(key, batch_size, blur_sigma_max, noise_std,
+                                           n_generated, pool)
     x = preprocess.classifier_input(images, resize=resize, crop=crop)
 
     model = nnx.merge(graphdef, params, stats)
@@ -497,14 +541,18 @@ def planted_map(record: dict[str, Any]) -> tuple[tuple[int, str], ...]:
   return tuple((int(p["unit"]), str(p["param"])) for p in record.get("planted", []))
 
 
-def train(config: TrainConfig, *, key: jax.Array,
+def train(config: TrainConfig, *, key: jax.Array, generator: nnx.Module | None = None,
           log_fn: Callable[[str], None] = print) -> tuple[nnx.Module, dict[str, Any]]:
   """Trains the classifier on on-the-fly renders and evaluates it on held-out renders.
 
   Args:
     config: hyper-parameters.
     key: PRNG key; fold_in 0 initialises, 1 draws training batches, 2 draws the held-out set,
-      3 the held-out renders of the planted units' correlations.
+      3 the held-out renders of the planted units' correlations, 4 the generated training
+      pool, 5 the held-out generated images.
+    generator: the miniworld generator; needed with `config.generated_fraction` > 0, and then
+      the metrics also hold 'generated' (`evaluate_generated` on `eval_images` held-out
+      generated images).
     log_fn: receives progress lines.
   Returns:
     (inference-mode classifier, metrics) with metrics 'accuracy', 'per_class', 'train_seconds',
@@ -531,9 +579,19 @@ def train(config: TrainConfig, *, key: jax.Array,
   bad = [u for u, _ in config.planted if u >= r_dim]
   if bad:
     raise ValueError(f"planted units {bad} outside R's {r_dim} units")
+  n_generated = int(round(config.batch_size * config.generated_fraction))
+  pool = None
+  if n_generated:
+    if generator is None:
+      raise ValueError("generated_fraction > 0 needs a generator")
+    t_pool = time.time()
+    pool = tuple(jnp.asarray(x) for x in generated_pool.build(
+        generator, jax.random.fold_in(key, 4), config.generated_pool))
+    log_fn(f"{config.generated_pool} generated training images in {time.time() - t_pool:.1f} s; "
+           f"{n_generated} of every {config.batch_size} training images drawn from them")
   step_fn = _make_train_step(graphdef, tx, config.batch_size, mconf.resize, mconf.crop,
                              config.blur_sigma_max, config.noise_std, config.planted,
-                             config.planted_weight, config.planted_scale)
+                             config.planted_weight, config.planted_scale, n_generated)
   data_key = jax.random.fold_in(key, 1)
 
   t0 = time.time()
@@ -541,7 +599,7 @@ def train(config: TrainConfig, *, key: jax.Array,
   run_loss, run_acc, run_mse = 0.0, 0.0, 0.0
   for step in range(config.steps):
     params, stats, opt_state, loss, acc, mse = step_fn(params, stats, opt_state,
-                                                       jax.random.fold_in(data_key, step))
+                                                       jax.random.fold_in(data_key, step), pool)
     run_loss += float(loss)
     run_acc += float(acc)
     run_mse += float(mse)
@@ -575,7 +633,54 @@ def train(config: TrainConfig, *, key: jax.Array,
     metrics.update(planted=report, planted_target=[PLANTED_TARGET_MEAN, PLANTED_TARGET_STD],
                    planted_weight=config.planted_weight, planted_scale=config.planted_scale,
                    final_planted_mse=float(mse))
+  if generator is not None:
+    held = generated_pool.build(generator, jax.random.fold_in(key, 5), config.eval_images)
+    metrics["generated"] = evaluate_generated(model, held, config.planted, config.planted_scale)
+    log_fn(f"held-out accuracy {metrics['generated']['accuracy']:.4f} on "
+           f"{metrics['generated']['n']} generated images (psi 1)" + "".join(
+               f"; unit {e['unit']} ({e['param']}) r within class {e['r_within_class']:.3f}"
+               for e in metrics["generated"].get("planted", [])))
   return model, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "resize", "crop"))
+def _classify_uint8(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array,
+                    resize: int | None, crop: int | None) -> tuple[jax.Array, jax.Array]:
+  logits, acts = nnx.merge(graphdef, state)(
+      preprocess.classifier_input(images, resize=resize, crop=crop))
+  return jnp.argmax(logits, -1).astype(jnp.int32), acts["r"]
+
+
+def evaluate_generated(model: nnx.Module, pool: generated_pool.Pool,
+                       planted: tuple[tuple[int, str], ...] = (), scale: str = "world",
+                       batch_size: int = 250) -> dict[str, Any]:
+  """Accuracy (and the planted units' report) of a classifier on generated images.
+
+  Args:
+    model: an inference-mode classifier.
+    pool: generated images with their classes and true theta (`generated_pool.build`).
+    planted: ((unit, parameter), ...) to report (`planted_report` with the classes).
+    scale: the planted targets' z-scoring.
+    batch_size: images per compiled call (the last batch is a second compilation).
+  Returns:
+    {'accuracy', 'per_class', 'n'} and, with planted units, 'planted'.
+  """
+  graphdef, state = nnx.split(model)
+  preds, rs = [], []
+  for i in range(0, len(pool.labels), batch_size):
+    p, r = _classify_uint8(graphdef, state, jnp.asarray(pool.images[i:i + batch_size]),
+                           model.config.resize, model.config.crop)
+    preds.append(np.asarray(p))
+    rs.append(np.asarray(r))
+  pred, r = np.concatenate(preds), np.concatenate(rs)
+  correct = pred == pool.labels
+  out: dict[str, Any] = {
+      "accuracy": float(correct.mean()), "n": int(len(pred)),
+      "per_class": [float(correct[pool.labels == c].mean()) if np.any(pool.labels == c)
+                    else float("nan") for c in range(world.NUM_CLASSES)]}
+  if planted:
+    out["planted"] = planted_report(r, pool.theta, planted, pool.labels, scale)
+  return out
 
 
 def _r_dim(model: nnx.Module) -> int:
@@ -587,6 +692,7 @@ def _r_dim(model: nnx.Module) -> int:
 
 
 def train_and_save(config: TrainConfig, out_dir: str | pathlib.Path, *, seed: int,
+                   generator_dir: str | pathlib.Path | None = None,
                    log_fn: Callable[[str], None] = print) -> dict[str, Any]:
   """Trains (see `train`, key = jax.random.key(seed)), saves the model and metrics.
 
@@ -595,14 +701,22 @@ def train_and_save(config: TrainConfig, out_dir: str | pathlib.Path, *, seed: in
     out_dir: checkpoint directory (`linkjax.checkpoint.save`), plus `metrics.json` beside
       `config.json` holding the metrics, the training config and the seed.
     seed: PRNG seed.
+    generator_dir: a miniworld generator checkpoint (needed with generated_fraction > 0; with
+      one the metrics include held-out generated images).
     log_fn: receives progress lines.
   Returns:
     the metrics dict.
   """
-  model, metrics = train(config, key=jax.random.key(seed), log_fn=log_fn)
+  if config.generated_fraction > 0 and generator_dir is None:
+    raise ValueError("generated_fraction > 0 needs a generator checkpoint")
+  generator = (None if generator_dir is None
+               else checkpoint.load(generator_dir, role="generator"))
+  model, metrics = train(config, key=jax.random.key(seed), generator=generator, log_fn=log_fn)
   out_dir = pathlib.Path(out_dir)
   checkpoint.save(out_dir, model)
   record = dict(metrics, seed=seed, train_config=dataclasses.asdict(config))
+  if generator_dir is not None:
+    record["generator"] = str(generator_dir)
   files.write_json(out_dir / "metrics.json", record)
   log_fn(f"saved {out_dir}")
   return metrics
