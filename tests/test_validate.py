@@ -244,6 +244,38 @@ def test_boundary_check_reads_counterfactual_paths(tmp_path):
   assert "| tail | 0.500 | +1.000 |" in md
 
 
+def test_measurability_against_a_direct_computation():
+  """Within-breed r of a parameter with its part metric, on G(z) with the segmenter and on the
+  render with the true mask, recomputed here from the same images."""
+  from linkjax import bundle as bundle_lib  # noqa: PLC0415
+  from linkjax.miniworld import generated_pool, groundtruth  # noqa: PLC0415
+
+  models, params = bundle_lib.ModelBundle.load(generator=demo.BUILTIN["generator"],
+                                               segmenter=demo.BUILTIN["segmenter"])
+  key = jax.random.key(4)
+  got = truth_lib.measurability(models, params, ("tail_len", "body_luminance"), key=key, n=60,
+                            min_area=5.0, batch=30)
+  z, c = groundtruth.heldout_latents(key, 60, models.z_dim)
+  data = groundtruth.generate_and_segment(models, params, z, c, psi=1.0, batch=30)
+  meas, true = groundtruth.paired_part_metrics(data, len(miniworld.PART_NAMES))
+  theta = generated_pool.true_theta(z, c)
+  for name, part, metric in (("tail_len", "tail", "area"), ("body_luminance", "body", "luminance")):
+    l, m = miniworld.PART_NAMES.index(part) - 1, quantify.METRIC_NAMES.index(metric)
+    value = np.asarray(train_classifier.param_values(jax.numpy.asarray(theta), (name,)))[:, 0]
+    sel = (meas[:, l, 0] >= 5.0) & (true[:, l, 0] >= 5.0)
+    for key_name, x in (("r_generated_segmenter", meas[:, l, m]), ("r_render_true", true[:, l, m])):
+      a, b = x[sel].astype(np.float64), value[sel].astype(np.float64)
+      for k in np.unique(c[sel]):
+        s = c[sel] == k
+        a[s] -= a[s].mean()
+        b[s] -= b[s].mean()
+      want = (a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())
+      assert got[name][key_name] == pytest.approx(want, abs=1e-6), (name, key_name)
+    assert got[name]["n"] == int(sel.sum()) and (got[name]["part"], got[name]["metric"]) == (part, metric)
+  # Exact masks on renders see the body's luminance within a breed almost perfectly.
+  assert got["body_luminance"]["r_render_true"] > 0.8
+
+
 def test_pair_csv_is_read_by_column_name(tmp_path):
   """Columns in another order, an extra column: the same numbers; a missing one is an error."""
   from linkjax import files  # noqa: PLC0415
@@ -339,6 +371,9 @@ def test_benchmark_on_a_tiny_run(tmp_path):
   report = (tmp_path / "run" / "report.html").read_text()
   assert report.index("Planted-truth validation") < report.index("Key numbers")
   assert summary["planted_units"] == 2
+  assert set(v["measurability"]) == {"ear_len", "body_luminance"}
+  for e in v["recovery"]["planted"]:
+    assert e["metric_r_within_true"] == v["measurability"][e["param"]]["r_render_true"]
   assert v["recovery"]["entry_scaling"]["scaling"] == "entry"
   assert {"planted_right_entry_scaling", "planted_sparsity_top_decile"} <= set(summary)
   assert set(summary["boundary_spearman"]) == {"area_path", "area_boundary", "luminance_path",

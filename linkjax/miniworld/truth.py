@@ -1,8 +1,9 @@
 """The built-in world's ground truth for the planted-truth validation (`validate`).
 
 What a renderer parameter should change when a unit encoding it is swept (`PARAM_TARGETS`), how
-two breeds differ part by part on renders with exact masks (`breed_differences`) and which
-renderer parameters separate them (`parameter_differences`).
+two breeds differ part by part on renders with exact masks (`breed_differences`), which
+renderer parameters separate them (`parameter_differences`), and how well a parameter's part
+metric can be measured at all within a breed on generated images (`measurability`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from linkjax import jobs, quantify
 from linkjax import miniworld as world
+from linkjax.miniworld import generated_pool, groundtruth, train_classifier
 
 # The part and metric a planted parameter should change when its unit is swept.
 PARAM_TARGETS: dict[str, tuple[str, str]] = {
@@ -88,4 +90,41 @@ def parameter_differences(class_a: int, class_b: int, top: int = 8) -> list[dict
     name = world.PARAM_NAMES[i]
     part, metric = PARAM_TARGETS.get(name, (None, None))
     out.append({"param": name, "separation": float(sep[i]), "part": part, "metric": metric})
+  return out
+
+
+def measurability(models: Any, params: Any, param_names: Any, *, key: jax.Array, n: int = 500,
+                  min_area: float = 5.0, batch: int = 50) -> dict[str, dict[str, Any]]:
+  """How well each parameter's expected part metric tracks the parameter within a breed.
+
+  On n class-balanced generated images at psi 1 (whose true theta is known), the within-class
+  Pearson r (`train_classifier.unit_correlations` with the classes) of each parameter with its
+  `PARAM_TARGETS` part metric measured two ways: the method's (the segmenter's mask on G(z, c))
+  and the exact one (the true mask on the render). A unit's sweep cannot show a within-breed
+  change that the first cannot see; the second is what a perfect generator and segmenter give.
+
+  Args:
+    models, params: a bundle with the miniworld generator and a segmenter.
+    param_names: parameters (keys of `PARAM_TARGETS` that `train_classifier.PLANTABLE` holds).
+    key: PRNG key of the latents.
+    n: images.
+    min_area: images where either mask holds less of the part are left out.
+    batch: images per compiled call.
+  Returns:
+    {param: {'part', 'metric', 'r_generated_segmenter', 'r_render_true', 'n'}}.
+  """
+  z, c = groundtruth.heldout_latents(key, n, models.z_dim)
+  data = groundtruth.generate_and_segment(models, params, z, c, psi=1.0, batch=batch)
+  measured, true = groundtruth.paired_part_metrics(data, len(world.PART_NAMES), batch)
+  theta = generated_pool.true_theta(z, c)
+  out = {}
+  for name in param_names:
+    part, metric = PARAM_TARGETS[name]
+    l, m = world.PART_NAMES.index(part) - 1, quantify.METRIC_NAMES.index(metric)
+    sel = (measured[:, l, quantify.AREA] >= min_area) & (true[:, l, quantify.AREA] >= min_area)
+    x = np.stack([measured[sel, l, m], true[sel, l, m]], axis=1)
+    r = (train_classifier.unit_correlations(x, theta[sel], (name,), class_idx=c[sel])[name]
+         if sel.sum() >= 3 else np.full(2, np.nan))
+    out[name] = {"part": part, "metric": metric, "r_generated_segmenter": float(r[0]),
+                 "r_render_true": float(r[1]), "n": int(sel.sum())}
   return out
