@@ -16,17 +16,20 @@ are the parameter's moments under the world's class-balanced distribution (`plan
 or within the image's class (`'class'`; `param_moments`). The parameter's value comes from the
 same theta that rendered the image, so the unit must read it off the picture. With the world's
 moments a unit can meet most of its target by encoding the breed (breeds differ in every
-parameter's mean): the first planted classifier did (within-breed r 0.06-0.51 on generated
-images), and a sweep of such a unit changes the breed, not the part. Within-class z-scores have
-the same mean in every class, so only the within-breed variation of the parameter pays.
+parameter's mean): the first planted classifier did (within-breed r 0.06-0.54 on generated
+images, body luminance 0.83), and a sweep of such a unit may change the breed rather than the
+part. Within-class z-scores have the same mean in every class, so only the within-breed
+variation of the parameter pays. The whole loss is `cross_entropy + planted_weight *
+mean_over_units(MSE)`; with no planted units the step is the plain classification step.
 
 Generated training images (`TrainConfig.generated_fraction`, `generated_pool`): part of every
 batch can come from a fixed pool of generated images G(z, c) at psi 1, whose true theta is known
 (the generator reproduces render(theta(z, c))). The validation reads the planted units on
 generated images, which draw small parts differently from the renders: a within-breed planted
-classifier trained on renders only tracked its parameters at r 0.74-0.89 on renders but
-0.28-0.56 on generated images (body luminance 0.89 / 0.83). The whole loss is `cross_entropy + planted_weight * mean_over_units(MSE)`; with no
-planted units the step is the plain classification step.
+classifier trained on renders only tracked its parameters at r 0.73-0.90 within breed on
+renders but 0.28-0.56 on generated images (ear 0.24 / 0.11; BUILD.md section 6). Neither option
+lifted the within-breed r on generated images above the world-scaled units' (BUILD.md): the
+generator draws within-breed part sizes too faintly (`truth.measurability`).
 
 Families: 'resnet' (the shipped classifier: a bottleneck ResNet, one block per stage) or 'vgg'
 (VGG-16 with BatchNorm, torchvision's vgg16_bn layout with every width scaled by width / 64 and
