@@ -16,6 +16,7 @@ from absl import flags, logging
 
 from linkjax import cli
 from linkjax.demo import config as demo_config
+from linkjax.miniworld import planted as planted_lib
 from linkjax.miniworld import train_classifier
 
 
@@ -52,7 +53,7 @@ _PLANTED = flags.DEFINE_string(
     "planted", "", "Planted units: comma-separated UNIT:PARAM entries (e.g. "
     "'40:ear_len,360:body_luminance'); each unit of R is trained to encode its parameter (an "
     "extra MSE loss on r[:, UNIT] against the parameter's z-score mapped to mean "
-    f"{train_classifier.PLANTED_TARGET_MEAN}, std {train_classifier.PLANTED_TARGET_STD}). PARAM "
+    f"{planted_lib.PLANTED_TARGET_MEAN}, std {planted_lib.PLANTED_TARGET_STD}). PARAM "
     "is a renderer parameter (linkjax.miniworld.PARAM_NAMES) or 'body_luminance'. Empty: a "
     "plain classifier.")
 _PLANTED_WEIGHT = flags.DEFINE_float("planted_weight", _DEFAULTS.planted_weight,
@@ -69,7 +70,7 @@ _GENERATOR = flags.DEFINE_string(
     "accuracy on held-out generated images (with --generated_fraction > 0 and no value, the "
     "built-in world's).")
 _PLANTED_SCALE = flags.DEFINE_enum(
-    "planted_scale", _DEFAULTS.planted_scale, list(train_classifier.PLANTED_SCALES),
+    "planted_scale", _DEFAULTS.planted_scale, list(planted_lib.PLANTED_SCALES),
     "z-score of the planted targets: 'world' (moments over all classes) or 'class' (moments "
     "within the image's class, so that a unit cannot meet its target by encoding the breed).")
 
@@ -82,7 +83,7 @@ def main(argv):
       batch_size=_BATCH.value, learning_rate=_LR.value, warmup_steps=_WARMUP.value,
       weight_decay=_WD.value, eval_images=_EVAL.value, log_every=_LOG_EVERY.value,
       blur_sigma_max=_BLUR.value, noise_std=_NOISE.value,
-      planted=train_classifier.parse_planted(_PLANTED.value),
+      planted=planted_lib.parse_planted(_PLANTED.value),
       planted_weight=_PLANTED_WEIGHT.value, planted_scale=_PLANTED_SCALE.value,
       generated_fraction=_GENERATED_FRACTION.value, generated_pool=_GENERATED_POOL.value)
   generator = _GENERATOR.value

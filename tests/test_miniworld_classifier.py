@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from linkjax import checkpoint, miniworld, preprocess
+from linkjax.miniworld import planted as planted_lib
 from linkjax.miniworld import train_classifier as tc
 
 
@@ -73,11 +74,11 @@ def test_train_updates_batch_stats_and_saves(tmp_path):
 
 
 def test_parse_planted_and_config_checks():
-  assert tc.parse_planted("40:ear_len, 360:body_luminance") == ((40, "ear_len"),
+  assert planted_lib.parse_planted("40:ear_len, 360:body_luminance") == ((40, "ear_len"),
                                                                 (360, "body_luminance"))
-  assert tc.parse_planted("") == ()
+  assert planted_lib.parse_planted("") == ()
   with pytest.raises(ValueError, match="UNIT:PARAM"):
-    tc.parse_planted("ear_len")
+    planted_lib.parse_planted("ear_len")
   with pytest.raises(ValueError, match="unknown planted"):
     tc.TrainConfig(planted=((1, "ear_size"),))
   with pytest.raises(ValueError, match="distinct"):
@@ -88,17 +89,17 @@ def test_planted_targets_follow_the_parameter():
   labels = jnp.arange(400, dtype=jnp.int32) % miniworld.NUM_CLASSES
   theta = miniworld.sample_theta(jax.random.key(0), labels)
   names = ("ear_len", "body_luminance")
-  values = np.asarray(tc.param_values(theta, names))
+  values = np.asarray(planted_lib.param_values(theta, names))
   phys = miniworld.physical(theta)
   np.testing.assert_allclose(values[:, 0], np.asarray(phys["ear_len"]), rtol=1e-6)
   body = np.asarray(miniworld.part_colours(theta))[:, 1]  # label order: leg, body, ...
   np.testing.assert_allclose(values[:, 1], body @ np.array([0.299, 0.587, 0.114]), atol=1e-5)
-  t = np.asarray(tc.planted_targets(theta, names))
+  t = np.asarray(planted_lib.planted_targets(theta, names))
   # An increasing affine map of the parameter, centred on the target mean with its std.
   for k in range(2):
     assert np.corrcoef(t[:, k], values[:, k])[0, 1] > 0.9999
-  np.testing.assert_allclose(t.mean(axis=0), tc.PLANTED_TARGET_MEAN, atol=0.06)
-  np.testing.assert_allclose(t.std(axis=0), tc.PLANTED_TARGET_STD, rtol=0.15)
+  np.testing.assert_allclose(t.mean(axis=0), planted_lib.PLANTED_TARGET_MEAN, atol=0.06)
+  np.testing.assert_allclose(t.std(axis=0), planted_lib.PLANTED_TARGET_STD, rtol=0.15)
 
 
 def test_planted_targets_within_class_ignore_the_breed():
@@ -107,21 +108,21 @@ def test_planted_targets_within_class_ignore_the_breed():
   labels = jnp.arange(2000, dtype=jnp.int32) % miniworld.NUM_CLASSES
   theta = miniworld.sample_theta(jax.random.key(1), labels)
   names = ("tail_len", "body_luminance")
-  values = np.asarray(tc.param_values(theta, names))
-  t = np.asarray(tc.planted_targets(theta, names, labels, "class"))
+  values = np.asarray(planted_lib.param_values(theta, names))
+  t = np.asarray(planted_lib.planted_targets(theta, names, labels, "class"))
   lab = np.asarray(labels)
   for c in range(miniworld.NUM_CLASSES):
     sel = lab == c
-    np.testing.assert_allclose(t[sel].mean(axis=0), tc.PLANTED_TARGET_MEAN, atol=0.05)
-    np.testing.assert_allclose(t[sel].std(axis=0), tc.PLANTED_TARGET_STD, rtol=0.15)
+    np.testing.assert_allclose(t[sel].mean(axis=0), planted_lib.PLANTED_TARGET_MEAN, atol=0.05)
+    np.testing.assert_allclose(t[sel].std(axis=0), planted_lib.PLANTED_TARGET_STD, rtol=0.15)
     for k in range(2):
       assert np.corrcoef(t[sel, k], values[sel, k])[0, 1] > 0.9999
   # The world-scaled targets differ by class (the breeds' means differ), the class-scaled don't.
-  world_t = np.asarray(tc.planted_targets(theta, names))
+  world_t = np.asarray(planted_lib.planted_targets(theta, names))
   spread = lambda x: np.ptp([x[lab == c, 0].mean() for c in range(miniworld.NUM_CLASSES)])
   assert spread(world_t) > 0.3 and spread(t) < 0.05
   with pytest.raises(ValueError, match="class_idx"):
-    tc.planted_targets(theta, names, None, "class")
+    planted_lib.planted_targets(theta, names, None, "class")
   with pytest.raises(ValueError, match="planted_scale"):
     tc.TrainConfig(planted_scale="breed")
   # The report's within-class r: a unit equal to the class-scaled target tracks the parameter
@@ -129,7 +130,7 @@ def test_planted_targets_within_class_ignore_the_breed():
   # it is just below 1); a pure class detector does not track it at all.
   breed = np.array([values[lab == c, 0].mean() for c in range(miniworld.NUM_CLASSES)])[lab]
   r = np.stack([t[:, 0], breed], axis=1)
-  rep = tc.planted_report(r, np.asarray(theta), ((0, "tail_len"), (1, "tail_len")), lab, "class")
+  rep = planted_lib.planted_report(r, np.asarray(theta), ((0, "tail_len"), (1, "tail_len")), lab, "class")
   assert rep[0]["r_within_class"] > 0.98 and rep[0]["rmse_target"] < 1e-5
   assert abs(rep[1]["r_within_class"]) < 1e-9 and rep[1]["r"] > 0.5
 
@@ -149,11 +150,11 @@ def test_planted_loss_drives_the_unit_to_its_parameter():
   r_p, theta, _ = tc.representations(model_p, held, 256)
   r_0, theta_0, _ = tc.representations(model_0, held, 256)
   np.testing.assert_array_equal(theta, theta_0)  # the same held-out renders
-  corr_p = tc.planted_report(r_p, theta, ((unit, "body_luminance"),))[0]["r"]
-  corr_0 = tc.planted_report(r_0, theta, ((unit, "body_luminance"),))[0]["r"]
+  corr_p = planted_lib.planted_report(r_p, theta, ((unit, "body_luminance"),))[0]["r"]
+  corr_0 = planted_lib.planted_report(r_0, theta, ((unit, "body_luminance"),))[0]["r"]
   assert corr_p > 0.7 and corr_p > abs(corr_0) + 0.3, (corr_p, corr_0)
   assert metrics["planted"][0]["unit"] == unit and metrics["planted"][0]["r"] > 0.7
-  assert tc.planted_map(metrics) == ((unit, "body_luminance"),)
+  assert planted_lib.planted_map(metrics) == ((unit, "body_luminance"),)
 
 
 # ------------------------------------------------------------------ generated training images
@@ -234,7 +235,7 @@ def test_training_with_generated_images_reports_them():
   logits, acts = model(x)
   pred = np.asarray(jnp.argmax(logits, -1))
   assert metrics["generated"]["accuracy"] == pytest.approx(float(np.mean(pred == held.labels)))
-  want = tc.planted_report(np.asarray(acts["r"]), held.theta, cfg.planted, held.labels, "class")
+  want = planted_lib.planted_report(np.asarray(acts["r"]), held.theta, cfg.planted, held.labels, "class")
   got = metrics["generated"]["planted"][0]
   assert got["r_within_class"] == pytest.approx(want[0]["r_within_class"], abs=1e-5)
   with pytest.raises(ValueError, match="generator"):

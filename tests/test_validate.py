@@ -9,7 +9,8 @@ import pytest
 
 from linkjax import demo, miniworld, quantify
 from linkjax.miniworld import truth as truth_lib
-from linkjax.miniworld import train_classifier, validate, validate_benchmark
+from linkjax.miniworld import planted as planted_lib
+from linkjax.miniworld import validate, validate_benchmark
 
 PARTS = list(miniworld.PART_NAMES[1:])  # leg, body, tail, tongue, eye, nose, snout, ear, head
 M = len(quantify.METRIC_NAMES)
@@ -125,12 +126,12 @@ def test_unit_correlations_within_class():
   theta = rng.uniform(-0.3, 0.3, size=(n, miniworld.THETA_DIM)).astype(np.float32)
   i = miniworld.PARAM_NAMES.index("tail_len")
   theta[:, i] += np.where(c == 1, 0.6, -0.6)  # class 1: longer tails
-  value = np.asarray(train_classifier.param_values(jax.numpy.asarray(theta), ("tail_len",)))[:, 0]
+  value = np.asarray(planted_lib.param_values(jax.numpy.asarray(theta), ("tail_len",)))[:, 0]
   r = np.stack([c.astype(np.float64),                      # class detector
                 value + rng.normal(0, 0.01 * value.std(), n),  # tracks the tail length
                 np.ones(n)], axis=1)                       # constant
-  pooled = train_classifier.unit_correlations(r, theta, ("tail_len",))["tail_len"]
-  within = train_classifier.unit_correlations(r, theta, ("tail_len",), class_idx=c)["tail_len"]
+  pooled = planted_lib.unit_correlations(r, theta, ("tail_len",))["tail_len"]
+  within = planted_lib.unit_correlations(r, theta, ("tail_len",), class_idx=c)["tail_len"]
   assert pooled[0] > 0.8 and abs(within[0]) < 1e-9
   assert pooled[1] > 0.99 and within[1] > 0.99
   assert pooled[2] == 0.0 and within[2] == 0.0
@@ -261,7 +262,7 @@ def test_measurability_against_a_direct_computation():
   theta = generated_pool.true_theta(z, c)
   for name, part, metric in (("tail_len", "tail", "area"), ("body_luminance", "body", "luminance")):
     l, m = miniworld.PART_NAMES.index(part) - 1, quantify.METRIC_NAMES.index(metric)
-    value = np.asarray(train_classifier.param_values(jax.numpy.asarray(theta), (name,)))[:, 0]
+    value = np.asarray(planted_lib.param_values(jax.numpy.asarray(theta), (name,)))[:, 0]
     sel = (meas[:, l, 0] >= 5.0) & (true[:, l, 0] >= 5.0)
     for key_name, x in (("r_generated_segmenter", meas[:, l, m]), ("r_render_true", true[:, l, m])):
       a, b = x[sel].astype(np.float64), value[sel].astype(np.float64)

@@ -7,19 +7,9 @@ images do later: float [0, 1] -> uint8 by truncation (`preprocess.to_uint8` of 2
 `preprocess.classifier_input` with the config's resize/crop (None: the 64x64 image itself,
 ImageNet-normalised).
 
-Planted units (`TrainConfig.planted`, for the planted-truth validation,
-`linkjax.miniworld.validate`): named units of R are additionally trained to *encode one renderer
-parameter each*, the other units free. The auxiliary loss is the MSE between r[:, unit] (post-ReLU
-global-average-pooled features, so non-negative) and an affine map of the parameter's z-score to r's
-typical range, `PLANTED_TARGET_MEAN + PLANTED_TARGET_STD * (value - mean) / std`, where (mean, std)
-are the parameter's moments under the world's class-balanced distribution (`planted_scale='world'`)
-or within the image's class (`'class'`; `param_moments`). The parameter's value comes from the
-same theta that rendered the image, so the unit must read it off the picture. With the world's
-moments a unit can meet most of its target by encoding the breed (breeds differ in every
-parameter's mean): the first planted classifier did (within-breed r 0.06-0.54 on generated
-images, body luminance 0.83), and a sweep of such a unit may change the breed rather than the
-part. Within-class z-scores have the same mean in every class, so only the within-breed
-variation of the parameter pays. The whole loss is `cross_entropy + planted_weight *
+Planted units (`TrainConfig.planted`, for the planted-truth validation): named units of R are
+additionally trained to encode one renderer parameter each (`linkjax.miniworld.planted`: the
+targets, their scaling and the reports); the whole loss is `cross_entropy + planted_weight *
 mean_over_units(MSE)`; with no planted units the step is the plain classification step.
 
 Generated training images (`TrainConfig.generated_fraction`, `generated_pool`): part of every
@@ -52,7 +42,6 @@ import dataclasses
 import functools
 import pathlib
 import time
-from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
@@ -61,9 +50,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from linkjax import checkpoint, files, models, preprocess, quantify
+from linkjax import checkpoint, files, models, preprocess
 from linkjax import miniworld as world
 from linkjax.miniworld import generated_pool
+from linkjax.miniworld import planted as planted_lib
 from linkjax.models import resnet, vgg
 
 
@@ -89,7 +79,7 @@ class TrainConfig:
       64x64 generator draws; evaluation uses unblurred renders.
     noise_std: std of per-pixel Gaussian noise added to training renders (0 disables).
     planted: ((unit, parameter), ...): units of R trained to encode a parameter each (names from
-      `PLANTABLE`); empty: a plain classifier.
+      `planted.PLANTABLE`); empty: a plain classifier.
     planted_weight: weight of the planted units' mean squared error in the loss.
     planted_scale: 'world' (z-score with the class-balanced moments) or 'class' (with the moments
       of the image's class; see the module docstring).
@@ -121,9 +111,9 @@ class TrainConfig:
       raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
     planted = tuple((int(u), str(n)) for u, n in self.planted)
     object.__setattr__(self, "planted", planted)
-    bad = [n for _, n in planted if n not in PLANTABLE]
+    bad = [n for _, n in planted if n not in planted_lib.PLANTABLE]
     if bad:
-      raise ValueError(f"unknown planted parameters {bad}; plantable: {PLANTABLE}")
+      raise ValueError(f"unknown planted parameters {bad}; plantable: {planted_lib.PLANTABLE}")
     units = [u for u, _ in planted]
     if len(set(units)) != len(units) or any(u < 0 for u in units):
       raise ValueError(f"planted units must be distinct and >= 0, got {units}")
@@ -133,118 +123,12 @@ class TrainConfig:
       raise ValueError(f"generated_fraction must be in [0, 1], got {self.generated_fraction}")
     if self.generated_fraction > 0 and self.generated_pool < 1:
       raise ValueError(f"generated_pool must be >= 1, got {self.generated_pool}")
-    if self.planted_scale not in PLANTED_SCALES:
-      raise ValueError(f"planted_scale must be one of {PLANTED_SCALES}, got "
+    if self.planted_scale not in planted_lib.PLANTED_SCALES:
+      raise ValueError(f"planted_scale must be one of {planted_lib.PLANTED_SCALES}, got "
                        f"{self.planted_scale!r}")
 
 
 FAMILIES = ("resnet", "vgg")
-PLANTED_SCALES = ("world", "class")
-
-# Parameters a unit can be planted with: every renderer parameter, plus the body colour's true
-# luminance (ITU-R 601 luma of its flat RGB colour, which is what the part metric 'luminance'
-# measures; body_val is its HSV value, which hue and saturation also modulate).
-DERIVED_PARAMS = ("body_luminance",)
-PLANTABLE = tuple(world.PARAM_NAMES) + DERIVED_PARAMS
-# The planted units' target distribution: mean and std of r's typical large units (the shipped
-# classifier's r has mean ~0.37 over units; its active units reach 1-2).
-PLANTED_TARGET_MEAN = 0.75
-PLANTED_TARGET_STD = 0.25
-_MOMENT_SAMPLES = 20000
-_MOMENT_SEED = 20240901  # a fixed stream, disjoint from every training seed's fold_in streams
-
-
-def parse_planted(spec: str) -> tuple[tuple[int, str], ...]:
-  """'40:ear_len,120:tail_len' -> ((40, 'ear_len'), (120, 'tail_len')); '' -> ()."""
-  out = []
-  for item in (x.strip() for x in spec.split(",")):
-    if not item:
-      continue
-    unit, sep, name = item.partition(":")
-    if not sep or not unit.strip().isdigit():
-      raise ValueError(f"planted entries are UNIT:PARAM, got {item!r}")
-    out.append((int(unit), name.strip()))
-  return tuple(out)
-
-
-def param_values(theta: jax.Array, names: tuple[str, ...]) -> jax.Array:
-  """Physical values of named (plantable) parameters.
-
-  Args:
-    theta: [B, THETA_DIM] in [-1, 1].
-    names: K names from `PLANTABLE`.
-  Returns:
-    [B, K] float32 (lengths in pixels, colours in [0, 1], ...).
-  """
-  phys = world.physical(theta)
-  cols = []
-  for name in names:
-    if name == "body_luminance":
-      body = world.part_colours(theta)[..., world.PART_NAMES.index("body") - 1, :]
-      cols.append(body @ jnp.asarray(quantify.LUMA, jnp.float32))
-    else:
-      cols.append(phys[name])
-  return jnp.stack(cols, axis=-1).astype(jnp.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def param_moments(names: tuple[str, ...], per_class: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and std of each parameter under the world's distribution.
-
-  Estimated once from `_MOMENT_SAMPLES` class-balanced draws of a fixed PRNG stream, so they are
-  constants of the world (the same in training, evaluation and the validation).
-
-  Args:
-    names: K names from `PLANTABLE`.
-    per_class: moments within each class instead of over the class-balanced mixture.
-  Returns:
-    (mean, std): [K] float32, or [NUM_CLASSES, K] with `per_class`.
-  """
-  n = _MOMENT_SAMPLES
-  # Constants of the world: evaluated eagerly even when first asked for inside a jitted step.
-  with jax.ensure_compile_time_eval():
-    labels = jnp.arange(n, dtype=jnp.int32) % world.NUM_CLASSES
-    theta = world.sample_theta(jax.random.key(_MOMENT_SEED), labels)
-    v = np.asarray(param_values(theta, names), np.float64)
-  if not per_class:
-    return v.mean(axis=0).astype(np.float32), v.std(axis=0).astype(np.float32)
-  labels = np.asarray(labels)
-  mean = np.stack([v[labels == c].mean(axis=0) for c in range(world.NUM_CLASSES)])
-  std = np.stack([v[labels == c].std(axis=0) for c in range(world.NUM_CLASSES)])
-  if not np.all(std > 0):
-    bad = sorted({names[k] for k in np.argwhere(~(std > 0))[:, 1]})
-    raise ValueError(f"parameters {bad} do not vary within every class; plant them with "
-                     "planted_scale='world'")
-  return mean.astype(np.float32), std.astype(np.float32)
-
-
-def planted_targets(theta: jax.Array, names: tuple[str, ...], class_idx: jax.Array | None = None,
-                    scale: str = "world") -> jax.Array:
-  """The planted units' regression targets (see the module docstring).
-
-  Args:
-    theta: [B, THETA_DIM] in [-1, 1].
-    names: K names from `PLANTABLE`.
-    class_idx: [B] int classes of the images (needed with scale 'class').
-    scale: 'world' or 'class' (`TrainConfig.planted_scale`).
-  Returns:
-    [B, K] float32.
-  """
-  if scale not in PLANTED_SCALES:
-    raise ValueError(f"scale must be one of {PLANTED_SCALES}, got {scale!r}")
-  if scale == "class":
-    if class_idx is None:
-      raise ValueError("planted targets scaled within class need class_idx")
-    mean, std = param_moments(tuple(names), per_class=True)
-    c = jnp.asarray(class_idx, jnp.int32)
-    mean, std = jnp.asarray(mean)[c], jnp.asarray(std)[c]
-  else:
-    mean, std = param_moments(tuple(names))
-  zscore = (param_values(theta, names) - jnp.asarray(mean)) / jnp.asarray(std)
-  return jnp.float32(PLANTED_TARGET_MEAN) + jnp.float32(PLANTED_TARGET_STD) * zscore
-
-
 def model_config(config: TrainConfig) -> Any:
   """The classifier architecture trained by `config`: 64x64 input, no resize or crop."""
   common = {"num_classes": world.NUM_CLASSES, "resize": None, "crop": None,
@@ -384,7 +268,8 @@ def _make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
       mse = jnp.float32(0.0)
       if planted:  # without planted units the step is exactly the classification step
-        target = jax.lax.stop_gradient(planted_targets(theta, names, labels, planted_scale))
+        target = jax.lax.stop_gradient(
+            planted_lib.planted_targets(theta, names, labels, planted_scale))
         mse = jnp.mean(jnp.square(acts["r"][:, units] - target))
         loss = loss + jnp.float32(planted_weight) * mse
       return loss, (acc, mse)
@@ -470,88 +355,6 @@ def representations(model: nnx.Module, key: jax.Array, num_images: int,
   return r, theta, labels.astype(np.int32)
 
 
-def _centre(x: np.ndarray, class_idx: np.ndarray | None) -> np.ndarray:
-  """x [N, ...] minus its mean, per class when class_idx [N] is given."""
-  x = np.asarray(x, np.float64)
-  if class_idx is None:
-    return x - x.mean(axis=0)
-  out = x.copy()
-  for k in np.unique(class_idx):
-    sel = class_idx == k
-    out[sel] -= x[sel].mean(axis=0)
-  return out
-
-
-def unit_correlations(r: np.ndarray, theta: np.ndarray, names: Sequence[str],
-                      class_idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """Pearson r of every unit with each named parameter: {name: [R]} (0 for a constant unit).
-
-  Args:
-    r: [N, R]; theta: [N, THETA_DIM]; names: parameters (`train_classifier.param_values`).
-    class_idx: [N] classes; given, both sides are centred per class first (the within-class
-      correlation): a unit that only tells the breeds apart does not count as encoding a
-      parameter in which the breeds differ. None: the pooled correlation.
-  """
-  values = np.asarray(param_values(jnp.asarray(theta), tuple(names)),
-                      np.float64)
-  cls = None if class_idx is None else np.asarray(class_idx)
-  rc = _centre(r, cls)
-  vc = _centre(values, cls)
-  out = {}
-  for k, name in enumerate(names):
-    v = vc[:, k]
-    denom = np.sqrt((rc * rc).sum(axis=0) * (v * v).sum())
-    out[name] = np.where(denom > 0, rc.T @ v / np.where(denom > 0, denom, 1.0), 0.0)
-  return out
-
-
-def planted_report(r: np.ndarray, theta: np.ndarray, planted: tuple[tuple[int, str], ...],
-                   class_idx: np.ndarray | None = None,
-                   scale: str = "world") -> list[dict[str, Any]]:
-  """How well each planted unit encodes its parameter, and how well any other unit does.
-
-  Args:
-    r: [N, R] activations; theta: [N, THETA_DIM] the true parameters of the same images.
-    planted: ((unit, parameter), ...).
-    class_idx: [N] classes of the images: adds the within-class correlations (and is needed
-      for the targets with scale 'class').
-    scale: the targets' z-scoring (`TrainConfig.planted_scale`).
-  Returns:
-    one dict per planted unit: 'unit', 'param', 'r' (Pearson r of r[:, unit] with the
-    parameter), 'rmse_target' (RMS error against the training target), 'best_other_unit' and
-    'best_other_r' (the unit with the largest |r| among all other units, and that r), 'n';
-    with class_idx also 'r_within_class', 'best_other_unit_within_class' and
-    'best_other_r_within_class' (the same after subtracting each class's means).
-  """
-  names = tuple(n for _, n in planted)
-  targets = np.asarray(planted_targets(jnp.asarray(theta), names, class_idx, scale), np.float64)
-  pooled = unit_correlations(r, theta, names)
-  within = None if class_idx is None else unit_correlations(r, theta, names, class_idx=class_idx)
-  out = []
-  for k, (unit, name) in enumerate(planted):
-    entry = {"unit": int(unit), "param": name,
-             "rmse_target": float(np.sqrt(np.mean((r[:, unit] - targets[:, k]) ** 2))),
-             "n": int(len(r))}
-    for suffix, corrs in (("", pooled), ("_within_class", within)):
-      if corrs is None:
-        continue
-      corr = corrs[name]
-      others = np.abs(corr).copy()
-      others[unit] = -1.0
-      best = int(np.argmax(others))
-      # NaN: a constant unit (unit_correlations gives 0 there).
-      entry["r" + suffix] = float(corr[unit]) if np.std(r[:, unit]) > 0 else float("nan")
-      entry["best_other_unit" + suffix] = best
-      entry["best_other_r" + suffix] = float(corr[best])
-    out.append(entry)
-  return out
-
-
-def planted_map(record: dict[str, Any]) -> tuple[tuple[int, str], ...]:
-  """The planted (unit, parameter) pairs of a classifier's metrics.json record (() if none)."""
-  return tuple((int(p["unit"]), str(p["param"])) for p in record.get("planted", []))
-
-
 def train(config: TrainConfig, *, key: jax.Array, generator: nnx.Module | None = None,
           log_fn: Callable[[str], None] = print) -> tuple[nnx.Module, dict[str, Any]]:
   """Trains the classifier on on-the-fly renders and evaluates it on held-out renders.
@@ -568,7 +371,7 @@ def train(config: TrainConfig, *, key: jax.Array, generator: nnx.Module | None =
   Returns:
     (inference-mode classifier, metrics) with metrics 'accuracy', 'per_class', 'train_seconds',
     'final_train_loss', 'final_train_accuracy', 'steps', 'images_seen'; with planted units also
-    'planted' (`planted_report` on `eval_images` held-out renders, plus each parameter's
+    'planted' (`planted.planted_report` on `eval_images` held-out renders, plus each parameter's
     z-score moments), 'planted_target' ([mean, std] of the targets), 'planted_weight' and
     'final_planted_mse'.
   """
@@ -633,15 +436,16 @@ def train(config: TrainConfig, *, key: jax.Array, generator: nnx.Module | None =
          f"training {train_seconds:.1f} s")
   if config.planted:
     r, theta, labels = representations(model, jax.random.fold_in(key, 3), config.eval_images)
-    report = planted_report(r, theta, config.planted, labels, config.planted_scale)
-    mean, std = param_moments(tuple(n for _, n in config.planted))
+    report = planted_lib.planted_report(r, theta, config.planted, labels, config.planted_scale)
+    mean, std = planted_lib.param_moments(tuple(n for _, n in config.planted))
     for k, entry in enumerate(report):
       entry.update(param_mean=float(mean[k]), param_std=float(std[k]))
       log_fn(f"planted unit {entry['unit']} ({entry['param']}): r = {entry['r']:.3f}, within "
              f"class {entry['r_within_class']:.3f} on {entry['n']} held-out renders (best other "
              f"unit within class {entry['best_other_unit_within_class']}: "
              f"r = {entry['best_other_r_within_class']:.3f})")
-    metrics.update(planted=report, planted_target=[PLANTED_TARGET_MEAN, PLANTED_TARGET_STD],
+    metrics.update(planted=report,
+                   planted_target=[planted_lib.PLANTED_TARGET_MEAN, planted_lib.PLANTED_TARGET_STD],
                    planted_weight=config.planted_weight, planted_scale=config.planted_scale,
                    final_planted_mse=float(mse))
   if generator is not None:
@@ -670,7 +474,7 @@ def evaluate_generated(model: nnx.Module, pool: generated_pool.Pool,
   Args:
     model: an inference-mode classifier.
     pool: generated images with their classes and true theta (`generated_pool.build`).
-    planted: ((unit, parameter), ...) to report (`planted_report` with the classes).
+    planted: ((unit, parameter), ...) to report (`planted.planted_report` with the classes).
     scale: the planted targets' z-scoring.
     batch_size: images per compiled call (the last batch is a second compilation).
   Returns:
@@ -690,7 +494,7 @@ def evaluate_generated(model: nnx.Module, pool: generated_pool.Pool,
       "per_class": [float(correct[pool.labels == c].mean()) if np.any(pool.labels == c)
                     else float("nan") for c in range(world.NUM_CLASSES)]}
   if planted:
-    out["planted"] = planted_report(r, pool.theta, planted, pool.labels, scale)
+    out["planted"] = planted_lib.planted_report(r, pool.theta, planted, pool.labels, scale)
   return out
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from linkjax import jobs, quantify
 from linkjax import miniworld as world
-from linkjax.miniworld import generated_pool, groundtruth, train_classifier
+from linkjax.miniworld import generated_pool, groundtruth
+from linkjax.miniworld import planted as planted_lib
 
 # The part and metric a planted parameter should change when its unit is swept.
 PARAM_TARGETS: dict[str, tuple[str, str]] = {
@@ -98,14 +99,14 @@ def measurability(models: Any, params: Any, param_names: Any, *, key: jax.Array,
   """How well each parameter's expected part metric tracks the parameter within a breed.
 
   On n class-balanced generated images at psi 1 (whose true theta is known), the within-class
-  Pearson r (`train_classifier.unit_correlations` with the classes) of each parameter with its
+  Pearson r (`planted_lib.unit_correlations` with the classes) of each parameter with its
   `PARAM_TARGETS` part metric measured two ways: the method's (the segmenter's mask on G(z, c))
   and the exact one (the true mask on the render). A unit's sweep cannot show a within-breed
   change that the first cannot see; the second is what a perfect generator and segmenter give.
 
   Args:
     models, params: a bundle with the miniworld generator and a segmenter.
-    param_names: parameters (keys of `PARAM_TARGETS` that `train_classifier.PLANTABLE` holds).
+    param_names: parameters (keys of `PARAM_TARGETS` that `planted_lib.PLANTABLE` holds).
     key: PRNG key of the latents.
     n: images.
     min_area: images where either mask holds less of the part are left out.
@@ -123,7 +124,7 @@ def measurability(models: Any, params: Any, param_names: Any, *, key: jax.Array,
     l, m = world.PART_NAMES.index(part) - 1, quantify.METRIC_NAMES.index(metric)
     sel = (measured[:, l, quantify.AREA] >= min_area) & (true[:, l, quantify.AREA] >= min_area)
     x = np.stack([measured[sel, l, m], true[sel, l, m]], axis=1)
-    r = (train_classifier.unit_correlations(x, theta[sel], (name,), class_idx=c[sel])[name]
+    r = (planted_lib.unit_correlations(x, theta[sel], (name,), class_idx=c[sel])[name]
          if sel.sum() >= 3 else np.full(2, np.nan))
     out[name] = {"part": part, "metric": metric, "r_generated_segmenter": float(r[0]),
                  "r_render_true": float(r[1]), "n": int(sel.sum())}

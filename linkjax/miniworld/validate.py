@@ -88,7 +88,8 @@ from linkjax import bundle as bundle_lib
 from linkjax import files, jobs, pairs, quantify, sweep as sweep_lib, unit_analysis
 from linkjax import miniworld as world
 from linkjax.counterfactual import figures as cf_figures
-from linkjax.miniworld import groundtruth, train_classifier
+from linkjax.miniworld import groundtruth
+from linkjax.miniworld import planted as planted_lib
 from linkjax.models import stylegan_ops
 from linkjax.miniworld import truth as truth_lib
 
@@ -432,7 +433,7 @@ def read_planted(classifier_dir: str | os.PathLike) -> tuple[tuple[int, str], ..
   path = pathlib.Path(classifier_dir) / "metrics.json"
   if not path.exists():
     return ()
-  return train_classifier.planted_map(files.read_json(path))
+  return planted_lib.planted_map(files.read_json(path))
 
 
 def recover(sweep_arrays: Mapping[str, np.ndarray], planted: Sequence[tuple[int, str]],
@@ -504,10 +505,10 @@ def run(models: bundle_lib.ModelBundle, params: Any, *, pairs_dir: str | os.Path
       models, params, key=jax.random.fold_in(key, 201), n=n_generated)
   targets = {truth_lib.PARAM_TARGETS[p] for _, p in planted}
   explaining = sorted({q for t in targets for q in explaining_params(*t)} | {p for _, p in planted})
-  corr = train_classifier.unit_correlations(r_gen, theta_gen, explaining, class_idx=c_gen)
-  pooled = train_classifier.unit_correlations(r_gen, theta_gen, explaining)
+  corr = planted_lib.unit_correlations(r_gen, theta_gen, explaining, class_idx=c_gen)
+  pooled = planted_lib.unit_correlations(r_gen, theta_gen, explaining)
   rec = recover(arrays, planted, min_area, param_corr=corr)
-  gen = train_classifier.planted_report(r_gen, theta_gen, planted)
+  gen = planted_lib.planted_report(r_gen, theta_gen, planted)
   measurable = truth_lib.measurability(models, params, sorted({p for _, p in planted}),
                                        key=jax.random.fold_in(key, 203), n=n_generated,
                                        min_area=min_area)
