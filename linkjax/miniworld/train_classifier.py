@@ -16,11 +16,11 @@ Generated training images (`TrainConfig.generated_fraction`, `generated_pool`): 
 batch can come from a fixed pool of generated images G(z, c) at psi 1, whose true theta is known
 (the generator reproduces render(theta(z, c))). The validation reads the planted units on
 generated images, which draw small parts differently from the renders: a within-breed planted
-classifier trained on renders only tracked its parameters at r 0.73-0.90 within breed on
-renders but 0.28-0.56 on generated images (ear 0.24 / 0.11; BUILD.md section 6). The two options
-together lifted the within-breed r on generated images by at most 0.12 over the world-scaled
-units' (head 0.39 -> 0.51; BUILD.md): the generator draws within-breed part sizes too faintly
-(`truth.measurability`).
+classifier trained on renders only tracked its parameters at r 0.73-0.90 within breed on renders
+but 0.28-0.56 on generated images (ear 0.19 / 0.11; BUILD.md section 6). The two options
+together lifted the within-breed r on generated images by at most 0.14 over the world-scaled
+units' (ear 0.06 -> 0.20, head 0.39 -> 0.51; BUILD.md): the generator draws within-breed part
+sizes too faintly (`truth.measurability`).
 
 Families: 'resnet' (the shipped classifier: a bottleneck ResNet, one block per stage) or 'vgg'
 (VGG-16 with BatchNorm, torchvision's vgg16_bn layout with every width scaled by width / 64 and
