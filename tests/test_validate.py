@@ -249,7 +249,7 @@ def test_measurability_against_a_direct_computation():
   """Within-breed r of a parameter with its part metric, on G(z) with the segmenter and on the
   render with the true mask, recomputed here from the same images."""
   from linkjax import bundle as bundle_lib  # noqa: PLC0415
-  from linkjax.miniworld import generated_pool, groundtruth  # noqa: PLC0415
+  from linkjax.miniworld import groundtruth  # noqa: PLC0415
 
   models, params = bundle_lib.ModelBundle.load(generator=demo.BUILTIN["generator"],
                                                segmenter=demo.BUILTIN["segmenter"])
@@ -259,7 +259,7 @@ def test_measurability_against_a_direct_computation():
   z, c = groundtruth.heldout_latents(key, 60, models.z_dim)
   data = groundtruth.generate_and_segment(models, params, z, c, psi=1.0, batch=30)
   meas, true = groundtruth.paired_part_metrics(data, len(miniworld.PART_NAMES))
-  theta = generated_pool.true_theta(z, c)
+  theta = np.asarray(groundtruth.true_theta(z, c))
   for name, part, metric in (("tail_len", "tail", "area"), ("body_luminance", "body", "luminance")):
     l, m = miniworld.PART_NAMES.index(part) - 1, quantify.METRIC_NAMES.index(metric)
     value = np.asarray(planted_lib.param_values(jax.numpy.asarray(theta), (name,)))[:, 0]

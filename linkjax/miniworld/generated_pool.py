@@ -20,7 +20,6 @@ from flax import nnx
 from linkjax import bundle as bundle_lib
 from linkjax import miniworld as world
 from linkjax.miniworld import groundtruth
-from linkjax.models import stylegan_ops
 
 
 class Pool(NamedTuple):
@@ -28,12 +27,6 @@ class Pool(NamedTuple):
   images: np.ndarray  # [N, 64, 64, 3] uint8, G(mapping(z, c), psi 1) quantised
   labels: np.ndarray  # [N] int32, the class c
   theta: np.ndarray   # [N, THETA_DIM] float32, theta(z, c): the parameters G(z, c) reproduces
-
-
-def true_theta(z: np.ndarray, class_idx: np.ndarray) -> np.ndarray:
-  """The renderer parameters G(z, c) reproduces at psi 1: [N, z_dim], [N] -> [N, THETA_DIM]."""
-  eps = stylegan_ops.normalize_2nd_moment(jnp.asarray(z, jnp.float32))
-  return np.asarray(world.theta_from_noise(eps, jnp.asarray(class_idx, jnp.int32)), np.float32)
 
 
 def build(generator: nnx.Module, key: jax.Array, n: int, batch: int = 128) -> Pool:
@@ -57,7 +50,7 @@ def build(generator: nnx.Module, key: jax.Array, n: int, batch: int = 128) -> Po
     raise ValueError(f"the generator makes {data['images'].shape[1:]} images; the miniworld "
                      f"classifier takes {world.SIZE}x{world.SIZE}x3")
   return Pool(images=np.asarray(data["images"], np.uint8), labels=np.asarray(c, np.int32),
-              theta=true_theta(z, c))
+              theta=np.asarray(groundtruth.true_theta(z, c), np.float32))
 
 
 def draw(key: jax.Array, images: jax.Array, labels: jax.Array, theta: jax.Array,

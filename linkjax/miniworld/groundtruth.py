@@ -52,10 +52,16 @@ def heldout_latents(key: jax.Array, n: int, z_dim: int,
   return np.asarray(z), (np.arange(n) % num_classes).astype(np.int32)
 
 
+def true_theta(z: Any, class_idx: Any) -> jax.Array:
+  """The renderer parameters G(z, c) reproduces at psi 1: [B, z_dim], [B] -> [B, THETA_DIM]
+  (the renderer sees the mapping network's `normalize_2nd_moment` of z)."""
+  eps = ops.normalize_2nd_moment(jnp.asarray(z, jnp.float32))
+  return world.theta_from_noise(eps, jnp.asarray(class_idx, jnp.int32))
+
+
 def true_render(z: Any, class_idx: Any) -> tuple[jax.Array, jax.Array]:
   """The render the generator reproduces for (z, class): images [B, 64, 64, 3] in [0, 1], masks."""
-  eps = ops.normalize_2nd_moment(jnp.asarray(z, jnp.float32))
-  return world.render(world.theta_from_noise(eps, jnp.asarray(class_idx, jnp.int32)))
+  return world.render(true_theta(z, class_idx))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

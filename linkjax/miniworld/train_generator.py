@@ -54,7 +54,7 @@ from flax import nnx
 
 from linkjax import checkpoint, files
 from linkjax import miniworld as world
-from linkjax.models import stylegan_ops as ops
+from linkjax.miniworld import groundtruth
 from linkjax.models import stylegan_xl as sx
 
 # Per-label loss weights, labels in PART_NAMES order:
@@ -116,8 +116,7 @@ def render_target(z: jax.Array, class_idx: jax.Array) -> tuple[jax.Array, jax.Ar
   Returns:
     images [B, 64, 64, 3] float32 in [0, 1], masks [B, 64, 64] int32.
   """
-  eps = ops.normalize_2nd_moment(jnp.asarray(z, jnp.float32))
-  return world.render(world.theta_from_noise(eps, jnp.asarray(class_idx, jnp.int32)))
+  return groundtruth.true_render(z, class_idx)
 
 
 def generated_images(model: sx.StyleGANXL, z: jax.Array, class_idx: jax.Array,

@@ -18,7 +18,7 @@ import numpy as np
 
 from linkjax import jobs, quantify
 from linkjax import miniworld as world
-from linkjax.miniworld import generated_pool, groundtruth
+from linkjax.miniworld import groundtruth
 from linkjax.miniworld import planted as planted_lib
 
 # The part and metric a planted parameter should change when its unit is swept.
@@ -117,7 +117,7 @@ def measurability(models: Any, params: Any, param_names: Any, *, key: jax.Array,
   z, c = groundtruth.heldout_latents(key, n, models.z_dim)
   data = groundtruth.generate_and_segment(models, params, z, c, psi=1.0, batch=batch)
   measured, true = groundtruth.paired_part_metrics(data, len(world.PART_NAMES), batch)
-  theta = generated_pool.true_theta(z, c)
+  theta = np.asarray(groundtruth.true_theta(z, c), np.float32)
   out = {}
   for name in param_names:
     part, metric = PARAM_TARGETS[name]

@@ -80,7 +80,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
@@ -90,7 +89,6 @@ from linkjax import miniworld as world
 from linkjax.counterfactual import figures as cf_figures
 from linkjax.miniworld import groundtruth
 from linkjax.miniworld import planted as planted_lib
-from linkjax.models import stylegan_ops
 from linkjax.miniworld import truth as truth_lib
 
 BOUNDARY_METRICS = ("area", "luminance")
@@ -415,14 +413,8 @@ def generated_representations(models: bundle_lib.ModelBundle, params: Any, *, ke
   z, c = groundtruth.heldout_latents(key, n, models.z_dim)
   r = jobs.map_batches(functools.partial(_generated_r, models), params, z, c,
                        batch=min(batch, n), mesh=jobs.data_mesh(1))["r"]
-  theta = np.asarray(world.theta_from_noise(jnp.asarray(world_noise(z)), jnp.asarray(c)))
+  theta = np.asarray(groundtruth.true_theta(z, c), np.float32)
   return np.asarray(r, np.float32), theta, np.asarray(c, np.int32)
-
-
-def world_noise(z: np.ndarray) -> np.ndarray:
-  """The renderer's noise of latents z: the mapping network's `normalize_2nd_moment`."""
-
-  return np.asarray(stylegan_ops.normalize_2nd_moment(jnp.asarray(z, jnp.float32)))
 
 
 # ------------------------------------------------------------------------------------ driver
