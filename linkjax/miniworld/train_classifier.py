@@ -317,7 +317,12 @@ def evaluate(model: nnx.Module, key: jax.Array, num_images: int,
                        model.config.resize, model.config.crop)
     preds.append(np.asarray(p))
     labels.append(np.asarray(l))
-  preds, labels = np.concatenate(preds), np.concatenate(labels)
+  return accuracy(np.concatenate(preds), np.concatenate(labels))
+
+
+def accuracy(preds: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """{'accuracy', 'per_class' ([NUM_CLASSES], NaN for a class absent from labels), 'n'} of [N]
+  predicted and true classes."""
   correct = preds == labels
   per_class = [float(correct[labels == c].mean()) if np.any(labels == c) else float("nan")
                for c in range(world.NUM_CLASSES)]
@@ -487,12 +492,8 @@ def evaluate_generated(model: nnx.Module, pool: generated_pool.Pool,
                            model.config.resize, model.config.crop)
     preds.append(np.asarray(p))
     rs.append(np.asarray(r))
-  pred, r = np.concatenate(preds), np.concatenate(rs)
-  correct = pred == pool.labels
-  out: dict[str, Any] = {
-      "accuracy": float(correct.mean()), "n": int(len(pred)),
-      "per_class": [float(correct[pool.labels == c].mean()) if np.any(pool.labels == c)
-                    else float("nan") for c in range(world.NUM_CLASSES)]}
+  r = np.concatenate(rs)
+  out = accuracy(np.concatenate(preds), pool.labels)
   if planted:
     out["planted"] = planted_lib.planted_report(r, pool.theta, planted, pool.labels, scale)
   return out
