@@ -2,15 +2,15 @@ r"""How close is `experiments.plan`'s estimate to the sweep it plans? Both measu
 
   python -m benchmarks.plan_accuracy --samples=20 --units=32 --steps=3 [--processes=1]
 
-On the built-in world's shipped generator, classifier and segmenter (a random linear link:
-timing does not depend on its values), `linkjax.plan.plan_sweep` times a few chunks of the
-sweep's compiled step and extrapolates; then `linkjax.sweep.run_sweep` runs that very sweep
-(same samples, units, steps, chunk, devices) into a temporary directory, shards, strips-free,
-from a fresh compile, in shards of 4 chunks (the unit of work of a process). Prints the estimate, the measured wall time and their ratio (the issue's
-goal: within 30 %). With --processes=N > 1 the sweep runs as N local processes of one
-multi-controller job (`jax.distributed`, localhost coordinator, CPU) and the estimate is the
-planner's `--processes=N` (identical machines assumed: on one machine the processes share its
-cores, so this measures how far that assumption is from a shared machine).
+On the built-in world's shipped generator, classifier and segmenter (a random linear link: timing
+does not depend on its values), `linkjax.plan.plan_sweep` times a few chunks of the sweep's
+compiled step and extrapolates; then `linkjax.sweep.run_sweep` runs that very sweep (same samples,
+units, steps, chunk, devices) into a temporary directory, shards, strips-free, from a fresh
+compile, in shards of 4 chunks (the unit of work of a process). Prints the estimate, the measured
+wall time and their ratio (the issue's goal: within 30 %). With --processes=N > 1 the sweep runs
+as N local processes of one multi-controller job (`jax.distributed`, localhost coordinator, CPU)
+and the estimate is the planner's `--processes=N` (identical machines assumed: on one machine the
+processes share its cores, so this measures how far that assumption is from a shared machine).
 """
 
 import json

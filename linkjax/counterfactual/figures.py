@@ -133,7 +133,8 @@ def read_pair_csv(path: pathlib.Path, part_names: tuple[str, ...]) -> tuple[np.n
   cols = [header.index(c) for c in want[:-1]]
   vals = np.array([[float(r[c]) if r[c] != "" else np.nan for c in cols] for r in rows],
                   np.float64).reshape(len(rows), len(part_names), len(quantify.METRIC_NAMES))
-  flags = [int(r[header.index("is_boundary")]) for r in rows]
+  b_col = header.index("is_boundary")
+  flags = [int(r[b_col]) for r in rows]
   return vals, (flags.index(1) if 1 in flags else -1)
 
 

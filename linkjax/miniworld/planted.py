@@ -1,18 +1,18 @@
 """Planted units of the miniworld classifier: targets, their scaling, and how well units track them.
 
 A classifier with planted units (`train_classifier.TrainConfig.planted`, for the planted-truth
-validation, `linkjax.miniworld.validate`) has named units of R additionally trained to *encode
-one renderer parameter each*, the other units free. The auxiliary loss is the MSE between r[:, unit] (post-ReLU
-global-average-pooled features, so non-negative) and an affine map of the parameter's z-score to r's
-typical range, `PLANTED_TARGET_MEAN + PLANTED_TARGET_STD * (value - mean) / std`, where (mean, std)
-are the parameter's moments under the world's class-balanced distribution (`planted_scale='world'`)
-or within the image's class (`'class'`; `param_moments`). The parameter's value comes from the
-same theta that rendered the image, so the unit must read it off the picture. With the world's
-moments a unit can meet most of its target by encoding the breed (breeds differ in every
-parameter's mean): the first planted classifier did (within-breed r 0.06-0.54 on generated
-images, body luminance 0.83), and a sweep of such a unit may change the breed rather than the
-part. Within-class z-scores have the same mean in every class, so only the within-breed
-variation of the parameter pays. The whole loss is `cross_entropy + planted_weight *
+validation, `linkjax.miniworld.validate`) has named units of R additionally trained to *encode one
+renderer parameter each*, the other units free. The auxiliary loss is the MSE between r[:, unit]
+(post-ReLU global-average-pooled features, so non-negative) and an affine map of the parameter's
+z-score to r's typical range, `PLANTED_TARGET_MEAN + PLANTED_TARGET_STD * (value - mean) / std`,
+where (mean, std) are the parameter's moments under the world's class-balanced distribution
+(`planted_scale='world'`) or within the image's class (`'class'`; `param_moments`). The
+parameter's value comes from the same theta that rendered the image, so the unit must read it off
+the picture. With the world's moments a unit can meet most of its target by encoding the breed
+(breeds differ in every parameter's mean): the first planted classifier did (within-breed r
+0.06-0.54 on generated images, body luminance 0.83), and a sweep of such a unit may change the
+breed rather than the part. Within-class z-scores have the same mean in every class, so only the
+within-breed variation of the parameter pays. The whole loss is `cross_entropy + planted_weight *
 mean_over_units(MSE)`; with no planted units the step is the plain classification step.
 """
 
