@@ -41,12 +41,12 @@ def main(argv):
   del argv
   key = jax.random.key(_SEED.value)
   out: dict = {"classifiers": {}, "measurability": {}}
-  params_seen: set[str] = set()
-  for d in _CLASSIFIERS.value:
-    planted = validate.read_planted(d)
-    if not planted:
-      raise ValueError(f"{d}: no planted units in its metrics.json")
-    params_seen.update(p for _, p in planted)
+  maps = {d: validate.read_planted(d) for d in _CLASSIFIERS.value}  # checked before any work
+  missing = [d for d, m in maps.items() if not m]
+  if missing:
+    raise app.UsageError(f"--classifiers: no planted units in the metrics.json of {missing}")
+  params_seen = {p for m in maps.values() for _, p in m}
+  for d, planted in maps.items():
     model = checkpoint.load(d, role="classifier")
     r, theta, c = train_classifier.representations(model, jax.random.fold_in(key, 2),
                                                    _RENDERS.value)
