@@ -255,10 +255,11 @@ def test_measurability_against_a_direct_computation():
                                                segmenter=demo.BUILTIN["segmenter"])
   key = jax.random.key(4)
   got = truth_lib.measurability(models, params, ("tail_len", "body_luminance"), key=key, n=60,
-                            min_area=5.0, batch=30)
+                                min_area=5.0, batch=30)
   z, c = groundtruth.heldout_latents(key, 60, models.z_dim)
+  # The same batch sizes as measurability's, so both compute the very same float32 metrics.
   data = groundtruth.generate_and_segment(models, params, z, c, psi=1.0, batch=30)
-  meas, true = groundtruth.paired_part_metrics(data, len(miniworld.PART_NAMES))
+  meas, true = groundtruth.paired_part_metrics(data, len(miniworld.PART_NAMES), 30)
   theta = np.asarray(groundtruth.true_theta(z, c))
   for name, part, metric in (("tail_len", "tail", "area"), ("body_luminance", "body", "luminance")):
     l, m = miniworld.PART_NAMES.index(part) - 1, quantify.METRIC_NAMES.index(metric)
